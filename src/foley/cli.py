@@ -1,0 +1,112 @@
+"""The ``foley`` command line.
+
+``foley fit|validate|test|predict`` are Lightning's own subcommands (LightningCLI), so
+every Trainer flag, ``--print_config``, dotted overrides and multi-file ``--config``
+overlays work as Lightning users expect. The data tools (``synth``, ``prepare``,
+``extract``, ``generate``) are plain typed functions exposed through jsonargparse, so
+their ``--help`` comes from their signatures and docstrings.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from jsonargparse import ArgumentParser, ActionConfigFile
+from lightning.pytorch.cli import LightningCLI
+
+logger = logging.getLogger(__name__)
+
+LIGHTNING_COMMANDS: dict[str, str] = {
+    "fit": "Train a stage (Lightning Trainer.fit).",
+    "validate": "Run validation on a checkpoint.",
+    "test": "Benchmark a checkpoint (e.g. on Kling-Audio-Eval).",
+    "predict": "Run Trainer.predict.",
+}
+
+# Tool subcommands are resolved lazily so `foley fit` never imports video/codec tooling
+# it does not need, and a missing optional dependency only hurts the command that uses it.
+TOOL_COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("foley.synth.world:synth", "Write the built-in synthetic audio-visual world as shards."),
+    "prepare": ("foley.prepare:prepare", "Cut real videos (folder or manifest) into training shards."),
+    "extract": ("foley.extract:extract", "Precompute codec latents and encoder features into shards."),
+    "generate": ("foley.generate:generate", "Generate stereo Foley for videos and mux it into mp4."),
+}
+
+
+class FoleyCLI(LightningCLI):
+    """LightningCLI with foley's defaults.
+
+    Configs are parsed in OmegaConf mode so shared values (sample rate, latent rate, frame
+    rates, clip seconds) are written once and referenced with ``${...}`` elsewhere. Reruns
+    into an existing run folder overwrite the saved ``config.yaml`` of that run instead of
+    aborting.
+    """
+
+    def __init__(self, args: Sequence[str] | None = None, run: bool = True) -> None:
+        super().__init__(
+            model_class=None,
+            datamodule_class=None,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            parser_kwargs={"parser_mode": "omegaconf"},
+            save_config_kwargs={"overwrite": True},
+            seed_everything_default=0,
+            args=list(args) if args is not None else None,
+            run=run,
+        )
+
+
+def _resolve(target: str) -> Callable[..., Any]:
+    module_name, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def run_tool(name: str, argv: Sequence[str]) -> Any:
+    """Parse ``argv`` against the signature of tool ``name`` and call it."""
+    target, help_text = TOOL_COMMANDS[name]
+    function = _resolve(target)
+    parser = ArgumentParser(prog=f"foley {name}", description=help_text, parser_mode="omegaconf")
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with the arguments below.")
+    parser.add_function_arguments(function, as_positional=True)
+    cfg = parser.parse_args(list(argv))
+    cfg.pop("config", None)
+    kwargs = parser.instantiate_classes(cfg).as_dict()
+    kwargs.pop("config", None)
+    return function(**kwargs)
+
+
+def overview() -> str:
+    """Text of ``foley --help``: every subcommand, Lightning's and the tools."""
+    lines = ["usage: foley <command> [options]   (foley <command> --help for details)", "", "Training and evaluation (LightningCLI):"]
+    lines += [f"  {name:<10} {text}" for name, text in LIGHTNING_COMMANDS.items()]
+    lines += ["", "Data and inference tools:"]
+    lines += [f"  {name:<10} {text}" for name, (_, text) in TOOL_COMMANDS.items()]
+    lines += ["", "Example: foley fit --config configs/stage2.yaml --config configs/sizes/small.yaml"]
+    return "\n".join(lines)
+
+
+def main(args: Sequence[str] | None = None) -> Any:
+    """Entry point of the ``foley`` console script.
+
+    Args:
+        args: command line without the program name; ``None`` reads ``sys.argv``.
+    """
+    argv = list(sys.argv[1:] if args is None else args)
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(overview() + "\n")
+        return None
+    if argv[0] in TOOL_COMMANDS:
+        if not logging.getLogger().handlers:
+            logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        return run_tool(argv[0], argv[1:])
+    if argv[0] not in LIGHTNING_COMMANDS and not argv[0].startswith("-"):
+        sys.stderr.write(f"foley: unknown command {argv[0]!r}\n\n{overview()}\n")
+        raise SystemExit(2)
+    return FoleyCLI(args=argv)
+
+
+if __name__ == "__main__":
+    main()

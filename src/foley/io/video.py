@@ -1,0 +1,289 @@
+"""Timed video frame reading with decord.
+
+Every frame stream in foley is defined by *times*, not by frame indices: stream frame
+``i`` of a stream at rate ``f`` starting at ``s`` shows the source frame that is on
+screen at time ``s + i / f`` (docs/architecture.md §2). The source frame on screen at
+time ``t`` is the last frame whose presentation timestamp is ``<= t``. Timestamps are
+read per frame from the container, so 29.97, 30 and 60 fps sources and variable frame
+rate files give correctly timed frames. Time 0 is the first video frame's timestamp.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "VideoError",
+    "VideoInfo",
+    "VideoFile",
+    "CropMode",
+    "stream_times",
+    "stream_length",
+    "resize_frames",
+    "read_frames_at",
+    "probe_video",
+]
+
+log = logging.getLogger(__name__)
+
+CropMode = Literal["resize", "center"]
+
+# Timestamps are stored in container time-base units; a frame whose pts lies within this
+# many seconds after the requested time still counts as "on screen" so that float
+# rounding of e.g. 1001/30000 s never selects the previous frame.
+DEFAULT_PTS_TOLERANCE = 1e-3
+
+VideoSource = str | os.PathLike[str] | bytes | bytearray | memoryview
+
+
+class VideoError(ValueError):
+    """A video cannot be opened or decoded; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What :func:`probe_video` reports about a file.
+
+    Args:
+        duration: Seconds from the first frame's timestamp to the end of the last frame.
+        fps: Average frame rate (frames / duration).
+        width: Frame width in pixels.
+        height: Frame height in pixels.
+        num_frames: Number of decodable frames.
+        has_audio: Whether the container holds at least one audio stream.
+    """
+
+    duration: float
+    fps: float
+    width: int
+    height: int
+    num_frames: int
+    has_audio: bool
+
+
+def _describe(source: VideoSource, name: str | None) -> str:
+    if name:
+        return name
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes in memory>"
+    return str(source)
+
+
+def stream_length(duration: float, fps: float) -> int:
+    """Number of frames of a stream at ``fps`` covering ``duration`` seconds (architecture §2)."""
+    return int(math.floor(duration * fps + 1e-6))
+
+
+def stream_times(start: float, duration: float, fps: float) -> np.ndarray:
+    """Times ``start + i / fps`` of the frames of a stream covering ``[start, start + duration)``."""
+    return start + np.arange(stream_length(duration, fps), dtype=np.float64) / fps
+
+
+class VideoFile:
+    """An opened video whose frames are looked up by time.
+
+    Args:
+        source: A file path or the encoded file's bytes.
+        name: How to call the video in error messages (defaults to the path).
+        num_threads: decord decoding threads (0 lets FFmpeg decide).
+
+    Raises:
+        VideoError: If the file is missing, empty or has no decodable video stream.
+    """
+
+    def __init__(self, source: VideoSource, name: str | None = None, num_threads: int = 1) -> None:
+        import decord
+
+        self.name = _describe(source, name)
+        try:
+            if isinstance(source, (bytes, bytearray, memoryview)):
+                if len(source) == 0:
+                    raise VideoError(f"{self.name}: empty video data (0 bytes)")
+                self._reader = decord.VideoReader(io.BytesIO(bytes(source)), num_threads=num_threads)
+            else:
+                path = Path(source)
+                if not path.is_file():
+                    raise VideoError(f"{self.name}: video file does not exist")
+                if path.stat().st_size == 0:
+                    raise VideoError(f"{self.name}: video file is empty (0 bytes)")
+                self._reader = decord.VideoReader(str(path), num_threads=num_threads)
+            stamps = np.asarray(self._reader.get_frame_timestamp(range(len(self._reader))), dtype=np.float64)
+        except VideoError:
+            raise
+        except Exception as exc:  # decord raises DECORDError / RuntimeError / AssertionError
+            raise VideoError(f"{self.name}: cannot decode video ({type(exc).__name__}: {exc})") from exc
+        if stamps.ndim != 2 or len(stamps) == 0:
+            raise VideoError(f"{self.name}: no video frames found")
+        self._origin = float(stamps[0, 0])
+        self.starts = stamps[:, 0] - self._origin
+        ends = stamps[:, 1] - self._origin
+        if not np.all(np.diff(self.starts) >= 0):
+            # Timestamps out of presentation order would make "last frame before t" ill-defined.
+            raise VideoError(f"{self.name}: frame timestamps are not monotonic; re-encode the file")
+        last_len = ends[-1] - self.starts[-1]
+        if not last_len > 0:
+            last_len = float(np.median(np.diff(self.starts))) if len(self.starts) > 1 else 0.0
+        self.duration = float(self.starts[-1] + last_len)
+        self._shape: tuple[int, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def _frame_shape(self) -> tuple[int, int]:
+        if self._shape is None:
+            first = self.frames([0])
+            self._shape = (int(first.shape[1]), int(first.shape[2]))
+        return self._shape
+
+    @property
+    def height(self) -> int:
+        """Frame height in pixels."""
+        return self._frame_shape()[0]
+
+    @property
+    def width(self) -> int:
+        """Frame width in pixels."""
+        return self._frame_shape()[1]
+
+    @property
+    def fps(self) -> float:
+        """Average frame rate over the whole file."""
+        return len(self) / self.duration if self.duration > 0 else 0.0
+
+    def indices_at(self, times: np.ndarray, tolerance: float = DEFAULT_PTS_TOLERANCE) -> np.ndarray:
+        """Index of the frame on screen at each time (clamped to the first and last frame)."""
+        times = np.asarray(times, dtype=np.float64)
+        idx = np.searchsorted(self.starts, times + tolerance, side="right") - 1
+        return np.clip(idx, 0, len(self) - 1)
+
+    def frames(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Decode frames by index; returns uint8 ``(K, H, W, 3)`` in the order given."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if indices.size == 0:
+            return np.zeros((0, self.height, self.width, 3), dtype=np.uint8)
+        unique, inverse = np.unique(indices, return_inverse=True)
+        try:
+            decoded = self._reader.get_batch(unique.tolist()).asnumpy()
+        except Exception as exc:
+            raise VideoError(f"{self.name}: decoding frames failed ({type(exc).__name__}: {exc})") from exc
+        if self._shape is None:
+            self._shape = (int(decoded.shape[1]), int(decoded.shape[2]))
+        return decoded[inverse.reshape(-1)]
+
+    def frames_at(self, times: np.ndarray, tolerance: float = DEFAULT_PTS_TOLERANCE) -> np.ndarray:
+        """Frames on screen at ``times`` as uint8 ``(T, H, W, 3)``."""
+        return self.frames(self.indices_at(times, tolerance))
+
+
+def _target_size(size: int | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    height, width = size
+    return int(height), int(width)
+
+
+def resize_frames(frames: np.ndarray | torch.Tensor, size: int | tuple[int, int] | None, crop: CropMode = "center") -> torch.Tensor:
+    """Resize uint8 frames ``(T, H, W, 3)`` to a model input size; returns uint8 ``(T, 3, h, w)``.
+
+    Bicubic with antialiasing, as torchvision's ``Resize`` on tensors.
+
+    Args:
+        frames: uint8 frames, channels last.
+        size: Output ``(height, width)``, or one int for a square; ``None`` keeps the size.
+        crop: ``"resize"`` stretches to ``size``; ``"center"`` scales the image so that it
+            covers ``size`` (for a square: short side to ``size``) and crops the centre.
+    """
+    video = torch.as_tensor(frames)
+    if video.dtype != torch.uint8 or video.ndim != 4 or video.shape[-1] != 3:
+        raise ValueError(f"resize_frames expects uint8 (T, H, W, 3) frames, got {tuple(video.shape)} {video.dtype}")
+    video = video.permute(0, 3, 1, 2)
+    if size is None or video.shape[0] == 0:
+        if size is not None:
+            out_h, out_w = _target_size(size)
+            return torch.zeros((0, 3, out_h, out_w), dtype=torch.uint8)
+        return video.contiguous()
+    out_h, out_w = _target_size(size)
+    in_h, in_w = video.shape[-2:]
+    if crop == "resize":
+        new_h, new_w = out_h, out_w
+    elif crop == "center":
+        scale = max(out_h / in_h, out_w / in_w)
+        new_h, new_w = max(out_h, round(in_h * scale)), max(out_w, round(in_w * scale))
+    else:
+        raise ValueError(f"crop must be 'resize' or 'center', got {crop!r}")
+    if (new_h, new_w) != (in_h, in_w):
+        resized = F.interpolate(video.float(), size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
+        video = resized.round_().clamp_(0, 255).to(torch.uint8)
+    if (new_h, new_w) != (out_h, out_w):
+        top = int(round((new_h - out_h) / 2.0))
+        left = int(round((new_w - out_w) / 2.0))
+        video = video[:, :, top : top + out_h, left : left + out_w]
+    return video.contiguous()
+
+
+def read_frames_at(
+    source: VideoSource | VideoFile,
+    times: np.ndarray | Sequence[float],
+    size: int | tuple[int, int] | None = None,
+    crop: CropMode = "center",
+    tolerance: float = DEFAULT_PTS_TOLERANCE,
+    name: str | None = None,
+) -> np.ndarray:
+    """Read the frames on screen at ``times`` (seconds from the first frame).
+
+    Args:
+        source: Path, encoded bytes, or an already opened :class:`VideoFile`.
+        times: Times in seconds.
+        size: Output size (see :func:`resize_frames`); ``None`` keeps the source size.
+        crop: ``"resize"`` or ``"center"`` (see :func:`resize_frames`).
+        tolerance: Seconds a frame's timestamp may lie after ``t`` and still count as on screen.
+        name: Name used in error messages.
+
+    Returns:
+        uint8 array ``(T, H, W, 3)``.
+
+    Raises:
+        VideoError: The video cannot be opened or decoded.
+    """
+    video = source if isinstance(source, VideoFile) else VideoFile(source, name=name)
+    frames = video.frames_at(np.asarray(times, dtype=np.float64), tolerance)
+    if size is None:
+        return frames
+    return resize_frames(frames, size, crop).permute(0, 2, 3, 1).numpy()
+
+
+def probe_video(source: VideoSource, name: str | None = None) -> VideoInfo:
+    """Report duration, frame rate, size and whether there is an audio track.
+
+    Raises:
+        VideoError: The file is missing, empty, or holds no decodable video.
+    """
+    import av
+
+    label = _describe(source, name)
+    video = VideoFile(source, name=label)
+    try:
+        handle = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
+        with av.open(handle) as container:
+            has_audio = len(container.streams.audio) > 0
+    except Exception as exc:
+        raise VideoError(f"{label}: cannot read the container ({type(exc).__name__}: {exc})") from exc
+    return VideoInfo(
+        duration=video.duration,
+        fps=video.fps,
+        width=video.width,
+        height=video.height,
+        num_frames=len(video),
+        has_audio=has_audio,
+    )

@@ -39,10 +39,11 @@ log = logging.getLogger(__name__)
 
 CropMode = Literal["resize", "center"]
 
-# Timestamps are stored in container time-base units; a frame whose pts lies within this
-# many seconds after the requested time still counts as "on screen" so that float
-# rounding of e.g. 1001/30000 s never selects the previous frame.
-DEFAULT_PTS_TOLERANCE = 1e-3
+# decord reports timestamps as float32 seconds; a frame whose pts lies within this many
+# seconds after the requested time still counts as "on screen", so that rounding of e.g.
+# 1001/30000 s never selects the previous frame. It must stay below the smallest real gap
+# between a stream time and a frame start (1/30000 s for 25 fps against 29.97 fps).
+DEFAULT_PTS_TOLERANCE = 1e-5
 
 VideoSource = str | os.PathLike[str] | bytes | bytearray | memoryview
 
@@ -219,7 +220,8 @@ def resize_frames(frames: np.ndarray | torch.Tensor, size: int | tuple[int, int]
         new_h, new_w = out_h, out_w
     elif crop == "center":
         scale = max(out_h / in_h, out_w / in_w)
-        new_h, new_w = max(out_h, round(in_h * scale)), max(out_w, round(in_w * scale))
+        # Truncation as in torchvision's Resize(int), i.e. CLIP preprocessing.
+        new_h, new_w = max(out_h, int(in_h * scale)), max(out_w, int(in_w * scale))
     else:
         raise ValueError(f"crop must be 'resize' or 'center', got {crop!r}")
     if (new_h, new_w) != (in_h, in_w):

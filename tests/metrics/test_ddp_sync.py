@@ -1,0 +1,110 @@
+"""Metric states reduced over two gloo processes give the single-process result."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from foley.metrics.desync import DeSync
+from foley.metrics.frechet import FrechetDistance
+from foley.metrics.ib_score import ImageBindScore
+from foley.metrics.inception import InceptionScore
+from foley.metrics.kl import PairedKLDivergence
+from foley.metrics.synthetic import SyntheticWorldMetric
+
+SR = 8000
+
+# Shared by the test and the worker processes: clip i belongs to rank i % 2.
+DATA_CODE = textwrap.dedent(
+    """
+    import torch
+    SR = 8000
+    def make_data():
+        g = torch.Generator().manual_seed(1234)
+        emb_real, emb_fake = torch.randn(40, 6, generator=g), torch.randn(40, 6, generator=g) * 1.5 + 0.3
+        logits_t, logits_g = torch.randn(40, 9, generator=g), torch.randn(40, 9, generator=g)
+        video, audio = torch.randn(40, 5, generator=g), torch.randn(40, 5, generator=g)
+        offsets = torch.randn(40, 2, generator=g)
+        waves, metas = [], []
+        for i in range(6):
+            onsets = [0.2 + 0.3 * k + 0.01 * i for k in range(4)]
+            wave = torch.zeros(2, 2 * SR)
+            for t in onsets[: 2 + i % 3]:
+                wave[:, round(t * SR)] = 0.9
+            waves.append(wave)
+            metas.append({"category": ["a", "b"][i % 2], "events": [{"onset": t, "type": "impact"} for t in onsets]})
+        return emb_real, emb_fake, logits_t, logits_g, video, audio, offsets, torch.stack(waves), metas
+    """
+)
+exec(DATA_CODE)  # defines make_data()  # noqa: S102
+
+WORKER = DATA_CODE + textwrap.dedent(
+    """
+    import json, sys
+    import torch.distributed as dist
+    from foley.metrics.desync import DeSync
+    from foley.metrics.frechet import FrechetDistance
+    from foley.metrics.ib_score import ImageBindScore
+    from foley.metrics.inception import InceptionScore
+    from foley.metrics.kl import PairedKLDivergence
+    from foley.metrics.synthetic import SyntheticWorldMetric
+
+    rank, store, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    er, ef, lt, lg, v, a, off, waves, metas = make_data()
+    mine = slice(rank, None, 2)
+    fd, kl, isc, ib, ds = FrechetDistance(6), PairedKLDivergence(), InceptionScore(splits=1), ImageBindScore(), DeSync()
+    syn = SyntheticWorldMetric(SR, categories=["a", "b"])
+    fd.update(er[mine], real=True); fd.update(ef[mine], real=False)
+    kl.update(lt[mine], lg[mine]); isc.update(lg[mine]); ib.update(v[mine], a[mine]); ds.update(off[mine])
+    syn.update(waves[mine], waves[mine], metas[mine])
+    result = {"fd": fd.compute().item(), "kl": kl.compute().item(), "is": isc.compute().item(),
+              "ib": ib.compute().item(), "desync": ds.compute().item(),
+              "synthetic": {k: v.item() for k, v in syn.compute().items()}}
+    if rank == 0:
+        with open(out, "w") as handle:
+            json.dump(result, handle)
+    dist.destroy_process_group()
+    """
+)
+
+
+def test_two_process_gloo_sync_equals_one_process(tmp_path: Path) -> None:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    out = tmp_path / "result.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen([sys.executable, str(script), str(rank), str(tmp_path / "store"), str(out)], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for rank in range(2)
+    ]
+    logs = [p.communicate(timeout=240)[0].decode() for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
+    ddp = json.loads(out.read_text())
+
+    er, ef, lt, lg, v, a, off, waves, metas = make_data()
+    fd, kl, isc, ib, ds = FrechetDistance(6), PairedKLDivergence(), InceptionScore(splits=1), ImageBindScore(), DeSync()
+    syn = SyntheticWorldMetric(SR, categories=["a", "b"])
+    fd.update(er, real=True)
+    fd.update(ef, real=False)
+    kl.update(lt, lg)
+    isc.update(lg)
+    ib.update(v, a)
+    ds.update(off)
+    syn.update(waves, waves, metas)
+    single = {"fd": fd.compute().item(), "kl": kl.compute().item(), "is": isc.compute().item(),
+              "ib": ib.compute().item(), "desync": ds.compute().item()}
+    for key, value in single.items():
+        assert ddp[key] == pytest.approx(value, rel=1e-9), key
+    synthetic = {k: v.item() for k, v in syn.compute().items()}
+    assert synthetic["onset_recall"] < 1.0  # the data really has misses, so the sums matter
+    assert ddp["synthetic"].keys() == synthetic.keys()
+    for key, value in synthetic.items():
+        assert ddp["synthetic"][key] == pytest.approx(value, rel=1e-9, nan_ok=True), key

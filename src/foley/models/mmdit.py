@@ -1,0 +1,502 @@
+"""MM-DiT velocity network of the stage-2 generator.
+
+Structure (Kling-Foley / MMAudio design, our own implementation):
+
+* Three token streams: audio latents, CLIP frames and text tokens, each with its own
+  weights. ``joint_depth`` joint blocks run one SDPA attention over the concatenated
+  tokens of all streams (RMSNorm on Q and K, aligned RoPE on the timed streams); then
+  ``audio_depth`` audio-only blocks; then a final adaptive-norm layer predicts the
+  velocity.
+* Global condition: embedding of the flow time + projections of the masked means of
+  the CLIP and text streams + embeddings of ``seconds_start`` and ``seconds_total``;
+  it drives adaptive LayerNorm (shift, scale, gate) in every block.
+* Sync features are interpolated from their own token rate to the audio latent times
+  and added per audio token to the modulation of every audio-stream block and of the
+  final layer. Their contribution is a separate linear map of the (time-independent)
+  sync embedding, so it is computed once per generation (:class:`ConditionCache`)
+  instead of once per sampling step.
+* Missing modalities: a modality given as ``None`` or dropped per sample
+  (``drop_*`` flags, for condition dropout and the unconditional CFG branch) is
+  replaced by a learnable placeholder. For CLIP and text the stream then holds exactly
+  one real token (the placeholder) and the rest is masked out, so "absent" and
+  "dropped" give identical outputs. Placeholders are mixed in with ``torch.where``,
+  so they receive (possibly zero) gradients on every step: with all modalities
+  present, DDP needs no ``find_unused_parameters``. Passing a modality as ``None``
+  during training leaves its input projection unused; use
+  ``DDPStrategy(find_unused_parameters=True)`` in that case (or pass drop flags).
+* Variable lengths: masks are True on real tokens and padding sits at the end of
+  each sequence; padded tokens never influence real ones (key padding masks, masked
+  pooling, mask-aware sync interpolation). There is no positional table, so any
+  duration works.
+
+Precision: the residual streams are float32; matrix products run in the weights'
+dtype. ``model.to(torch.bfloat16)`` gives fast CPU (AMX) and GPU inference without
+autocast; norms, RoPE and embeddings compute in float32 internally (see
+:mod:`foley.models.layers`). Under ``torch.autocast`` with float32 weights the
+matmuls run in the autocast dtype. The forward pass has no host synchronisation on
+accelerators.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from foley.flow import FlowMatching
+from foley.models.layers import (
+    MLP,
+    RMSNorm,
+    SinusoidalEmbedding,
+    joint_attention,
+    layer_norm_fp32,
+    linear,
+    modulate,
+)
+from foley.models.rope import AlignedRoPE, apply_rope
+
+__all__ = ["MMDiT", "ConditionCache", "resample_to_times"]
+
+def resample_to_times(features: Tensor, valid_length: Tensor, rate: float, times: Tensor) -> Tensor:
+    """Linearly interpolates a token sequence at given instants.
+
+    Token ``i`` of ``features`` sits at ``i / rate`` seconds. Instants outside the
+    valid part are clamped to its first/last token, so padding is never read.
+
+    Args:
+        features: (B, T, D).
+        valid_length: (B,) int number of real tokens (>= 1) per sample.
+        rate: token rate of ``features`` in Hz.
+        times: (T_out,) instants in seconds.
+
+    Returns:
+        (B, T_out, D) in the dtype of ``features``.
+    """
+    last = (valid_length.clamp_min(1) - 1).to(torch.float32)[:, None]
+    position = (times.float()[None] * rate).clamp_min(0.0)
+    position = torch.minimum(position, last)
+    left = position.floor()
+    weight = (position - left)[..., None]
+    left_index = left.long()
+    right_index = torch.minimum(left + 1, last).long()
+    d = features.shape[-1]
+    gather = lambda index: torch.gather(features, 1, index[..., None].expand(-1, -1, d))  # noqa: E731
+    left_value, right_value = gather(left_index), gather(right_index)
+    return torch.lerp(left_value.float(), right_value.float(), weight).to(features.dtype)
+
+
+@dataclass
+class ConditionCache:
+    """Everything in the network's input that does not depend on ``x_t`` or ``t``.
+
+    Built by :meth:`MMDiT.prepare_conditions` once per generation and reused at every
+    sampling step. Masks are ``None`` when every token is real (CPU only; on
+    accelerators they are kept to avoid a host synchronisation).
+    """
+
+    audio_length: int
+    clip_tokens: Tensor  # (B, Tc, hidden) float32, placeholders substituted
+    text_tokens: Tensor  # (B, Tt, hidden) float32
+    audio_mask: Tensor | None  # (B, Ta) bool
+    joint_mask: Tensor | None  # (B, Ta + Tc + Tt) bool
+    audio_cos: Tensor  # (Ta, head_dim) float32
+    audio_sin: Tensor
+    clip_cos: Tensor  # (Tc, head_dim) float32
+    clip_sin: Tensor
+    global_cond: Tensor  # (B, hidden) float32, everything but the time embedding
+    sync_modulation: list[Tensor]  # per audio-stream block + final layer: (B, Ta, k*hidden)
+
+    @property
+    def batch_size(self) -> int:
+        return self.clip_tokens.shape[0]
+
+    @staticmethod
+    def cat(caches: list[ConditionCache]) -> ConditionCache:
+        """Concatenates caches along the batch (e.g. cond + uncond for batched CFG).
+
+        Token counts must agree (pad the conditions to equal lengths before preparing).
+        """
+        first = caches[0]
+        for other in caches[1:]:
+            for name in ("clip_tokens", "text_tokens"):
+                if getattr(other, name).shape[1:] != getattr(first, name).shape[1:]:
+                    raise ValueError(f"cannot batch condition caches: {name} shapes "
+                                     f"{tuple(getattr(first, name).shape)} and "
+                                     f"{tuple(getattr(other, name).shape)} differ; pad to equal length")
+            if other.audio_length != first.audio_length:
+                raise ValueError("cannot batch condition caches with different audio lengths "
+                                 f"({first.audio_length} vs {other.audio_length})")
+
+        def cat_masks(name: str, length: int) -> Tensor | None:
+            masks = [getattr(c, name) for c in caches]
+            if all(m is None for m in masks):
+                return None
+            return torch.cat([
+                m if m is not None else torch.ones(c.batch_size, length, dtype=torch.bool,
+                                                   device=c.clip_tokens.device)
+                for m, c in zip(masks, caches)])
+
+        joint_length = first.audio_length + first.clip_tokens.shape[1] + first.text_tokens.shape[1]
+        merged = {}
+        for f in fields(ConditionCache):
+            values = [getattr(c, f.name) for c in caches]
+            if f.name in ("audio_length", "audio_cos", "audio_sin", "clip_cos", "clip_sin"):
+                merged[f.name] = values[0]
+            elif f.name == "audio_mask":
+                merged[f.name] = cat_masks(f.name, first.audio_length)
+            elif f.name == "joint_mask":
+                merged[f.name] = cat_masks(f.name, joint_length)
+            elif f.name == "sync_modulation":
+                merged[f.name] = [torch.cat(parts) for parts in zip(*values)]
+            else:
+                merged[f.name] = torch.cat(values)
+        return ConditionCache(**merged)
+
+
+def _mask_or_none(mask: Tensor) -> Tensor | None:
+    """Drops an all-True mask so SDPA can use its unmasked kernel (CPU only, no sync cost)."""
+    if mask.device.type == "cpu" and bool(mask.all()):
+        return None
+    return mask
+
+
+class _StreamLayers(nn.Module):
+    """One stream's weights inside a block: adaLN modulation, QKV, Q/K norms, output, MLP.
+
+    With ``pre_only`` (the last joint block's CLIP and text streams, whose outputs are
+    discarded) only the parts that produce keys and values exist.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, pre_only: bool = False) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.pre_only = pre_only
+        self.num_modulations = 2 if pre_only else 6
+        self.modulation = nn.Linear(dim, self.num_modulations * dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.q_norm = RMSNorm(dim // num_heads)
+        self.k_norm = RMSNorm(dim // num_heads)
+        if not pre_only:
+            self.out = nn.Linear(dim, dim)
+            self.mlp = MLP(dim, int(dim * mlp_ratio))
+
+    def pre_attention(self, x: Tensor, mod: list[Tensor], cos: Tensor | None, sin: Tensor | None
+                      ) -> tuple[Tensor, Tensor, Tensor]:
+        """Returns q, k, v (B, heads, T, head_dim) in the weights' dtype."""
+        b, t, d = x.shape
+        h = modulate(layer_norm_fp32(x), mod[0], mod[1])
+        qkv = linear(self.qkv, h).view(b, t, 3, self.num_heads, d // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        dtype = v.dtype
+        q = F.rms_norm(q.float(), (q.shape[-1],), self.q_norm.weight.float(), self.q_norm.eps)
+        k = F.rms_norm(k.float(), (k.shape[-1],), self.k_norm.weight.float(), self.k_norm.eps)
+        if cos is not None:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return q.to(dtype), k.to(dtype), v
+
+    def post_attention(self, x: Tensor, attended: Tensor, mod: list[Tensor]) -> Tensor:
+        """Residual updates of attention output and MLP (float32 residual stream)."""
+        x = torch.addcmul(x, mod[2], linear(self.out, attended))
+        h = modulate(layer_norm_fp32(x), mod[3], mod[4])
+        return torch.addcmul(x, mod[5], self.mlp(h))
+
+
+class _JointBlock(nn.Module):
+    """Audio, CLIP and text streams with their own weights and one joint attention."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, last: bool) -> None:
+        super().__init__()
+        self.audio = _StreamLayers(dim, num_heads, mlp_ratio)
+        self.clip = _StreamLayers(dim, num_heads, mlp_ratio, pre_only=last)
+        self.text = _StreamLayers(dim, num_heads, mlp_ratio, pre_only=last)
+
+    def forward(self, audio: Tensor, clip: Tensor, text: Tensor, cond: Tensor, sync_mod: Tensor,
+                cache: ConditionCache) -> tuple[Tensor, Tensor, Tensor]:
+        audio_mod = (linear(self.audio.modulation, cond)[:, None].float() + sync_mod).chunk(6, dim=-1)
+        clip_mod = linear(self.clip.modulation, cond)[:, None].float().chunk(self.clip.num_modulations, -1)
+        text_mod = linear(self.text.modulation, cond)[:, None].float().chunk(self.text.num_modulations, -1)
+        qa, ka, va = self.audio.pre_attention(audio, audio_mod, cache.audio_cos, cache.audio_sin)
+        qc, kc, vc = self.clip.pre_attention(clip, clip_mod, cache.clip_cos, cache.clip_sin)
+        qt, kt, vt = self.text.pre_attention(text, text_mod, None, None)
+        attended = joint_attention(torch.cat([qa, qc, qt], dim=2), torch.cat([ka, kc, kt], dim=2),
+                                   torch.cat([va, vc, vt], dim=2), cache.joint_mask)
+        ta, tc = audio.shape[1], clip.shape[1]
+        audio = self.audio.post_attention(audio, attended[:, :ta], audio_mod)
+        if not self.clip.pre_only:
+            clip = self.clip.post_attention(clip, attended[:, ta:ta + tc], clip_mod)
+            text = self.text.post_attention(text, attended[:, ta + tc:], text_mod)
+        return audio, clip, text
+
+
+class _AudioBlock(nn.Module):
+    """Audio-only transformer block (self-attention + MLP with adaLN)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.audio = _StreamLayers(dim, num_heads, mlp_ratio)
+
+    def forward(self, audio: Tensor, cond: Tensor, sync_mod: Tensor, cache: ConditionCache) -> Tensor:
+        mod = (linear(self.audio.modulation, cond)[:, None].float() + sync_mod).chunk(6, dim=-1)
+        q, k, v = self.audio.pre_attention(audio, mod, cache.audio_cos, cache.audio_sin)
+        return self.audio.post_attention(audio, joint_attention(q, k, v, cache.audio_mask), mod)
+
+
+class MMDiT(nn.Module):
+    """Multimodal diffusion transformer predicting the flow velocity of audio latents.
+
+    Args:
+        latent_dim: channels of the codec latent.
+        hidden_dim: transformer width.
+        num_heads: attention heads; the reference sizes use heads of 64 channels.
+        joint_depth: joint audio/CLIP/text blocks.
+        audio_depth: audio-only blocks after the joint ones.
+        mlp_ratio: MLP hidden width as a multiple of ``hidden_dim``.
+        clip_dim: width of the CLIP frame embeddings.
+        sync_dim: width of the sync (Synchformer) tokens.
+        text_dim: width of the text encoder tokens.
+        latent_rate: audio latent frames per second (44100 / 1024).
+        clip_rate: CLIP frames per second.
+        sync_rate: sync tokens per second (token ``i`` sits at ``i / sync_rate``).
+        max_text_tokens: longest accepted text sequence (a guard against passing
+            untruncated encoder outputs; there is no positional table).
+        rope_base: base of the rotary frequencies.
+    """
+
+    def __init__(self, latent_dim: int = 40, hidden_dim: int = 448, num_heads: int = 7,
+                 joint_depth: int = 4, audio_depth: int = 8, mlp_ratio: float = 4.0,
+                 clip_dim: int = 1024, sync_dim: int = 768, text_dim: int = 768,
+                 latent_rate: float = 44100 / 1024, clip_rate: float = 8.0, sync_rate: float = 24.0,
+                 max_text_tokens: int = 77, rope_base: float = 10000.0) -> None:
+        super().__init__()
+        if hidden_dim % num_heads or (hidden_dim // num_heads) % 2:
+            raise ValueError(f"hidden_dim must split into num_heads heads of even size (64 in the "
+                             f"reference sizes), got hidden_dim={hidden_dim}, num_heads={num_heads}")
+        if joint_depth < 1 or audio_depth < 0:
+            raise ValueError(f"need joint_depth >= 1 and audio_depth >= 0, got {joint_depth}, {audio_depth}")
+        for name, rate in (("latent_rate", latent_rate), ("clip_rate", clip_rate), ("sync_rate", sync_rate)):
+            if rate <= 0:
+                raise ValueError(f"{name} must be positive, got {rate}")
+        self.latent_dim, self.hidden_dim, self.num_heads = latent_dim, hidden_dim, num_heads
+        self.clip_dim, self.sync_dim, self.text_dim = clip_dim, sync_dim, text_dim
+        self.latent_rate, self.clip_rate, self.sync_rate = float(latent_rate), float(clip_rate), float(sync_rate)
+        self.max_text_tokens = max_text_tokens
+        self.rope = AlignedRoPE(hidden_dim // num_heads, latent_rate, rope_base)
+        d = hidden_dim
+
+        self.audio_in = nn.Linear(latent_dim, d)
+        self.clip_in = nn.Linear(clip_dim, d)
+        self.text_in = nn.Linear(text_dim, d)
+        self.sync_in = nn.Linear(sync_dim, d)
+        self.sync_mlp = MLP(d, d)
+        self.clip_placeholder = nn.Parameter(torch.zeros(d))
+        self.sync_placeholder = nn.Parameter(torch.zeros(d))
+        self.text_placeholder = nn.Parameter(torch.zeros(d))
+
+        self.time_embed = SinusoidalEmbedding(d, scale=1000.0)
+        self.start_embed = SinusoidalEmbedding(d, scale=10.0)
+        self.total_embed = SinusoidalEmbedding(d, scale=10.0)
+        self.clip_pool = nn.Linear(d, d)
+        self.text_pool = nn.Linear(d, d)
+
+        self.joint_blocks = nn.ModuleList(
+            _JointBlock(d, num_heads, mlp_ratio, last=i == joint_depth - 1) for i in range(joint_depth))
+        self.audio_blocks = nn.ModuleList(_AudioBlock(d, num_heads, mlp_ratio) for _ in range(audio_depth))
+        # Per-token sync contribution to each audio-stream modulation (6 per block, 2 final).
+        self.sync_modulation = nn.ModuleList(
+            nn.Linear(d, 6 * d) for _ in range(joint_depth + audio_depth))
+        self.final_sync_modulation = nn.Linear(d, 2 * d)
+        self.final_modulation = nn.Linear(d, 2 * d)
+        self.final_out = nn.Linear(d, latent_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Xavier linears, small random placeholders, zero modulations and output.
+
+        Zero modulations make every block the identity at initialisation (adaLN-Zero)
+        and the zero output layer starts training from v = 0.
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        for placeholder in (self.clip_placeholder, self.sync_placeholder, self.text_placeholder):
+            nn.init.normal_(placeholder, std=0.02)
+        zero = [b.audio.modulation for b in self.audio_blocks]
+        for block in self.joint_blocks:
+            zero += [block.audio.modulation, block.clip.modulation, block.text.modulation]
+        zero += list(self.sync_modulation) + [self.final_sync_modulation, self.final_modulation, self.final_out]
+        for layer in zero:
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    # ------------------------------------------------------------------ conditions
+    def _check(self, name: str, value: Tensor | None, dim: int, mask: Tensor | None, batch: int) -> None:
+        if value is None:
+            if mask is not None:
+                raise ValueError(f"{name}_mask given without {name}")
+            return
+        if value.dim() != 3 or value.shape[0] != batch or value.shape[-1] != dim:
+            raise ValueError(f"{name} must have shape (B={batch}, T, {dim}), got {tuple(value.shape)}; "
+                             f"check the encoder output width against MMDiT({name}_dim=...)")
+        if value.shape[1] < 1:
+            raise ValueError(f"{name} has no tokens; pass None for a missing modality")
+        if mask is not None and mask.shape != value.shape[:2]:
+            raise ValueError(f"{name}_mask must have shape {tuple(value.shape[:2])}, got {tuple(mask.shape)}")
+
+    def _token_stream(self, tokens: Tensor | None, mask: Tensor | None, drop: Tensor | None,
+                      projection: nn.Linear, placeholder: Tensor, batch: int, device: torch.device
+                      ) -> tuple[Tensor, Tensor]:
+        """Projects a CLIP/text stream; absent or dropped -> one placeholder token."""
+        if tokens is None:
+            hidden = placeholder.float().expand(batch, 1, -1)
+            return hidden, torch.ones(batch, 1, dtype=torch.bool, device=device)
+        hidden = linear(projection, tokens).float()
+        if mask is None:
+            mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=device)
+        first_only = torch.zeros_like(mask)
+        first_only[:, 0] = True
+        drop = torch.zeros(batch, dtype=torch.bool, device=device) if drop is None else drop.to(device)
+        hidden = torch.where(drop[:, None, None], placeholder.float(), hidden)
+        mask = torch.where(drop[:, None], first_only, mask.bool())
+        return hidden, mask
+
+    def prepare_conditions(self, audio_length: int, *, seconds_start: Tensor, seconds_total: Tensor,
+                           clip: Tensor | None = None, clip_mask: Tensor | None = None,
+                           sync: Tensor | None = None, sync_mask: Tensor | None = None,
+                           text: Tensor | None = None, text_mask: Tensor | None = None,
+                           audio_mask: Tensor | None = None, drop_clip: Tensor | None = None,
+                           drop_sync: Tensor | None = None, drop_text: Tensor | None = None
+                           ) -> ConditionCache:
+        """Computes everything that does not depend on ``x_t`` or ``t``.
+
+        Args: as :meth:`forward`, with ``audio_length`` the number of latent frames.
+        """
+        batch = seconds_total.shape[0]
+        device = seconds_total.device
+        if seconds_start.shape != (batch,) or seconds_total.shape != (batch,):
+            raise ValueError(f"seconds_start and seconds_total must have shape (B,), got "
+                             f"{tuple(seconds_start.shape)} and {tuple(seconds_total.shape)}")
+        self._check("clip", clip, self.clip_dim, clip_mask, batch)
+        self._check("sync", sync, self.sync_dim, sync_mask, batch)
+        self._check("text", text, self.text_dim, text_mask, batch)
+        if text is not None and text.shape[1] > self.max_text_tokens:
+            raise ValueError(f"text has {text.shape[1]} tokens, more than max_text_tokens="
+                             f"{self.max_text_tokens}; truncate in the text encoder")
+        if audio_mask is not None and audio_mask.shape != (batch, audio_length):
+            raise ValueError(f"audio_mask must have shape {(batch, audio_length)}, got {tuple(audio_mask.shape)}")
+
+        clip_h, clip_m = self._token_stream(clip, clip_mask, drop_clip, self.clip_in,
+                                            self.clip_placeholder, batch, device)
+        text_h, text_m = self._token_stream(text, text_mask, drop_text, self.text_in,
+                                            self.text_placeholder, batch, device)
+
+        def masked_mean(hidden: Tensor, mask: Tensor) -> Tensor:
+            weights = mask.to(hidden.dtype)[..., None]
+            return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+        global_cond = (linear(self.clip_pool, masked_mean(clip_h, clip_m)).float()
+                       + linear(self.text_pool, masked_mean(text_h, text_m)).float()
+                       + self.start_embed(seconds_start).float()
+                       + self.total_embed(seconds_total).float())
+
+        # Sync: project at its own rate, substitute the placeholder, interpolate to the
+        # audio latent instants, then one linear map per audio-stream block.
+        audio_times = torch.arange(audio_length, device=device, dtype=torch.float64) / self.latent_rate
+        if sync is None:
+            sync_h = self.sync_placeholder.float().expand(batch, 1, -1)
+            sync_len = torch.ones(batch, dtype=torch.long, device=device)
+        else:
+            sync_h = linear(self.sync_in, sync).float()
+            if drop_sync is not None:
+                sync_h = torch.where(drop_sync.to(device)[:, None, None], self.sync_placeholder.float(), sync_h)
+            else:  # keeps the placeholder in the graph for DDP
+                sync_h = sync_h + 0.0 * self.sync_placeholder.float()
+            sync_len = (sync_mask.sum(1) if sync_mask is not None
+                        else torch.full((batch,), sync.shape[1], dtype=torch.long, device=device))
+        sync_at_audio = resample_to_times(sync_h, sync_len, self.sync_rate, audio_times)
+        sync_embedding = F.silu(self.sync_mlp(sync_at_audio))
+        sync_modulation = [linear(layer, sync_embedding) for layer in self.sync_modulation]
+        sync_modulation.append(linear(self.final_sync_modulation, sync_embedding))
+
+        if audio_mask is None:
+            audio_mask = torch.ones(batch, audio_length, dtype=torch.bool, device=device)
+        joint_mask = torch.cat([audio_mask.bool(), clip_m, text_m], dim=1)
+        audio_cos, audio_sin = self.rope.tables(audio_length, self.latent_rate, device)
+        clip_cos, clip_sin = self.rope.tables(clip_h.shape[1], self.clip_rate, device)
+        return ConditionCache(
+            audio_length=audio_length, clip_tokens=clip_h, text_tokens=text_h,
+            audio_mask=_mask_or_none(audio_mask.bool()), joint_mask=_mask_or_none(joint_mask),
+            audio_cos=audio_cos, audio_sin=audio_sin, clip_cos=clip_cos, clip_sin=clip_sin,
+            global_cond=global_cond, sync_modulation=sync_modulation)
+
+    # --------------------------------------------------------------------- forward
+    def forward_cached(self, x: Tensor, t: Tensor, cache: ConditionCache) -> Tensor:
+        """Velocity for noisy latents ``x`` (B, T_a, latent_dim) at times ``t`` (B,)."""
+        if x.dim() != 3 or x.shape[-1] != self.latent_dim:
+            raise ValueError(f"x must have shape (B, T, {self.latent_dim}), got {tuple(x.shape)}")
+        if x.shape[1] != cache.audio_length or x.shape[0] != cache.batch_size:
+            raise ValueError(f"x has shape {tuple(x.shape)} but the conditions were prepared for "
+                             f"batch {cache.batch_size} and {cache.audio_length} latent frames")
+        cond = F.silu(self.time_embed(t).float() + cache.global_cond)
+        audio = linear(self.audio_in, x).float()
+        clip, text = cache.clip_tokens, cache.text_tokens
+        for i, block in enumerate(self.joint_blocks):
+            audio, clip, text = block(audio, clip, text, cond, cache.sync_modulation[i], cache)
+        offset = len(self.joint_blocks)
+        for i, block in enumerate(self.audio_blocks):
+            audio = block(audio, cond, cache.sync_modulation[offset + i], cache)
+        shift, scale = (linear(self.final_modulation, cond)[:, None].float()
+                        + cache.sync_modulation[-1]).chunk(2, dim=-1)
+        return linear(self.final_out, modulate(layer_norm_fp32(audio), shift, scale)).to(x.dtype)
+
+    def forward(self, x: Tensor, t: Tensor, *, seconds_start: Tensor, seconds_total: Tensor,
+                clip: Tensor | None = None, clip_mask: Tensor | None = None,
+                sync: Tensor | None = None, sync_mask: Tensor | None = None,
+                text: Tensor | None = None, text_mask: Tensor | None = None,
+                audio_mask: Tensor | None = None, drop_clip: Tensor | None = None,
+                drop_sync: Tensor | None = None, drop_text: Tensor | None = None) -> Tensor:
+        """Predicts the velocity ``dx/dt``.
+
+        Args:
+            x: noisy latents (B, T_a, latent_dim).
+            t: flow times (B,) in [0, 1] (0 = noise, 1 = data).
+            seconds_start: (B,) crop start in the source clip, seconds.
+            seconds_total: (B,) duration of each (unpadded) sample, seconds.
+            clip: (B, T_c, clip_dim) CLIP frame embeddings at ``clip_rate``, or None.
+            clip_mask: (B, T_c) True on real frames (padding at the end).
+            sync: (B, T_s, sync_dim) sync tokens at ``sync_rate``, or None.
+            sync_mask: (B, T_s) True on real tokens.
+            text: (B, T_t, text_dim) text encoder tokens, or None.
+            text_mask: (B, T_t) True on real tokens.
+            audio_mask: (B, T_a) True on real latent frames.
+            drop_clip, drop_sync, drop_text: (B,) bool, replace that modality by its
+                placeholder for the flagged samples (condition dropout / CFG).
+
+        Returns:
+            (B, T_a, latent_dim) velocity in the dtype of ``x``.
+        """
+        cache = self.prepare_conditions(
+            x.shape[1], seconds_start=seconds_start, seconds_total=seconds_total, clip=clip,
+            clip_mask=clip_mask, sync=sync, sync_mask=sync_mask, text=text, text_mask=text_mask,
+            audio_mask=audio_mask, drop_clip=drop_clip, drop_sync=drop_sync, drop_text=drop_text)
+        return self.forward_cached(x, t, cache)
+
+    def velocity_fn(self, cache: ConditionCache) -> Callable[[Tensor, Tensor], Tensor]:
+        """``(x, t) -> v`` for :meth:`foley.flow.FlowMatching.sample`."""
+        return lambda x, t: self.forward_cached(x, t, cache)
+
+    def guided_velocity_fn(self, cond: ConditionCache, uncond: ConditionCache, cfg_strength: float
+                           ) -> Callable[[Tensor, Tensor], Tensor]:
+        """Classifier-free-guided ``(x, t) -> v`` running both branches in one batched pass.
+
+        Pass the result to ``FlowMatching.sample`` without ``uncond_velocity_fn``.
+        """
+        both = ConditionCache.cat([cond, uncond])
+
+        def guided(x: Tensor, t: Tensor) -> Tensor:
+            v_cond, v_uncond = self.forward_cached(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)
+            return FlowMatching.guide(v_cond, v_uncond, cfg_strength)
+
+        return guided

@@ -1,0 +1,74 @@
+"""Checks of the generic transformer layers against direct formulas."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from foley.models.layers import MLP, RMSNorm, SinusoidalEmbedding, joint_attention, layer_norm_fp32, modulate
+
+
+def test_rms_norm_matches_formula_and_keeps_bf16_accurate():
+    norm = RMSNorm(16)
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(0.5, 2.0, 16))
+    x = torch.randn(3, 5, 16) * 300.0
+    expected = x / x.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt() * norm.weight
+    torch.testing.assert_close(norm(x), expected)
+    # In bf16 the only error left is the final rounding of the output (~2^-8 relative).
+    x_bf16 = x.bfloat16()
+    reference = RMSNorm(16)
+    reference.load_state_dict(norm.state_dict())
+    out = norm.bfloat16()(x_bf16)
+    assert out.dtype == torch.bfloat16
+    exact = reference(x_bf16.float())
+    assert ((out.float() - exact).abs() / exact.abs().clamp_min(1e-3)).max() < 2**-7
+
+
+def test_layer_norm_fp32_and_modulate_match_formulas():
+    x = (torch.randn(2, 7, 32) * 50 + 1000).bfloat16()
+    out = layer_norm_fp32(x)
+    assert out.dtype == torch.float32
+    xf = x.double()
+    expected = (xf - xf.mean(-1, keepdim=True)) / (xf.var(-1, unbiased=False, keepdim=True) + 1e-6).sqrt()
+    torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
+    shift, scale = torch.randn(2, 1, 32), torch.randn(2, 1, 32)
+    torch.testing.assert_close(modulate(out, shift, scale), out * (1 + scale) + shift)
+
+
+def test_mlp_is_gelu_between_two_linears():
+    mlp = MLP(8, 32)
+    x = torch.randn(4, 8)
+    hidden = x @ mlp.fc1.weight.T + mlp.fc1.bias
+    gelu = 0.5 * hidden * (1 + torch.tanh(math.sqrt(2 / math.pi) * (hidden + 0.044715 * hidden**3)))
+    torch.testing.assert_close(mlp(x), gelu @ mlp.fc2.weight.T + mlp.fc2.bias)
+
+
+def test_sinusoidal_embedding_in_bf16_keeps_float32_features():
+    embed = SinusoidalEmbedding(32, frequency_dim=64, scale=1000.0)
+    t = torch.tensor([0.0, 0.3141, 0.9871])
+    reference = embed(t)
+    # The features depend on t only through cos/sin of t * scale * freq.
+    half = 32
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half) / half)
+    args = (t * 1000.0)[:, None] * freqs
+    features = torch.cat([torch.cos(args), torch.sin(args)], -1)
+    expected = embed.fc2(torch.nn.functional.silu(embed.fc1(features)))
+    torch.testing.assert_close(reference, expected)
+    # A bf16 copy must not round t * 1000 (which would move angles by radians).
+    fast = SinusoidalEmbedding(32, frequency_dim=64, scale=1000.0)
+    fast.load_state_dict(embed.state_dict())
+    out = fast.bfloat16()(t).float()
+    assert (out - reference).abs().max() < 0.05 * reference.abs().max()
+
+
+def test_joint_attention_ignores_masked_keys():
+    q, k, v = (torch.randn(2, 3, 6, 8) for _ in range(3))
+    key_mask = torch.tensor([[True] * 6, [True, True, True, True, False, False]])
+    out = joint_attention(q, k, v, key_mask)
+    assert out.shape == (2, 6, 24)
+    for b, n in ((0, 6), (1, 4)):
+        scores = q[b] @ k[b, :, :n].transpose(-1, -2) / math.sqrt(8)
+        expected = (scores.softmax(-1) @ v[b, :, :n]).transpose(0, 1).reshape(6, 24)
+        torch.testing.assert_close(out[b], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(joint_attention(q, k, v, None), joint_attention(q, k, v, torch.ones(2, 6, dtype=torch.bool)))

@@ -1,0 +1,160 @@
+"""MM-DiT behaviour: padding invariance, placeholders, caching/CFG batching, sync resampling, bf16."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from foley.flow import FlowMatching
+from foley.models.mmdit import MMDiT, resample_to_times
+
+LATENT, CLIP, SYNC, TEXT = 8, 16, 12, 10
+
+
+def tiny_model(seed: int = 0) -> MMDiT:
+    torch.manual_seed(seed)
+    model = MMDiT(latent_dim=LATENT, hidden_dim=64, num_heads=2, joint_depth=1, audio_depth=1,
+                  clip_dim=CLIP, sync_dim=SYNC, text_dim=TEXT)
+    # The adaLN-Zero initialisation makes the network the zero map; randomise every
+    # weight so that each path (modulations, placeholders, sync) affects the output.
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.15)
+    return model.eval()
+
+
+def make_inputs(batch: int, audio_len: int, clip_len: int, sync_len: int, text_len: int, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return dict(
+        x=torch.randn(batch, audio_len, LATENT, generator=g),
+        t=torch.rand(batch, generator=g),
+        seconds_start=torch.rand(batch, generator=g) * 3,
+        seconds_total=torch.full((batch,), audio_len * 1024 / 44100),
+        clip=torch.randn(batch, clip_len, CLIP, generator=g),
+        sync=torch.randn(batch, sync_len, SYNC, generator=g),
+        text=torch.randn(batch, text_len, TEXT, generator=g),
+    )
+
+
+def pad(tensor: torch.Tensor, length: int, value: float = 0.0) -> torch.Tensor:
+    extra = length - tensor.shape[1]
+    filler = torch.full((tensor.shape[0], extra, *tensor.shape[2:]), value, dtype=tensor.dtype)
+    return torch.cat([tensor, filler], dim=1)
+
+
+def call(model: MMDiT, inputs: dict, **overrides) -> torch.Tensor:
+    args = {**inputs, **overrides}
+    return model(args.pop("x"), args.pop("t"), **args)
+
+
+@torch.no_grad()
+def test_padding_tokens_do_not_change_real_outputs():
+    model = tiny_model()
+    short = make_inputs(1, audio_len=20, clip_len=3, sync_len=11, text_len=4, seed=1)
+    long = make_inputs(1, audio_len=31, clip_len=5, sync_len=17, text_len=7, seed=2)
+    alone = call(model, short)
+    lengths = {"x": 31, "clip": 5, "sync": 17, "text": 7}
+    batch = {k: torch.cat([short[k], long[k]]) for k in ("t", "seconds_start", "seconds_total")}
+    masks = {}
+    for key, length in lengths.items():
+        # Garbage in the padding: it must never be read.
+        batch[key] = torch.cat([pad(short[key], length, value=1e4), long[key]])
+        real = torch.zeros(2, length, dtype=torch.bool)
+        real[0, :short[key].shape[1]] = True
+        real[1] = True
+        masks["audio_mask" if key == "x" else f"{key}_mask"] = real
+    batched = call(model, batch, **masks)
+    assert alone.abs().mean() > 0.1  # a non-trivial map
+    torch.testing.assert_close(batched[0, :20], alone[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(batched[1], call(model, long)[0], rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("modality", ["clip", "sync", "text"])
+def test_absent_modality_uses_the_placeholder_and_equals_dropping_it(modality):
+    model = tiny_model()
+    inputs = make_inputs(2, audio_len=15, clip_len=3, sync_len=9, text_len=5)
+    full = call(model, inputs)
+    absent = call(model, inputs, **{modality: None})
+    dropped = call(model, inputs, **{f"drop_{modality}": torch.tensor([True, False])})
+    assert (absent - full).abs().max() > 1e-2  # the condition matters
+    torch.testing.assert_close(dropped[0], absent[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dropped[1], full[1], rtol=1e-5, atol=1e-5)
+    placeholder = getattr(model, f"{modality}_placeholder")
+    placeholder.add_(1.0)
+    assert (call(model, inputs, **{modality: None}) - absent).abs().max() > 1e-2
+    torch.testing.assert_close(call(model, inputs), full)  # present modality ignores it
+
+
+def test_every_parameter_gets_a_gradient_when_all_modalities_are_present():
+    model = tiny_model().train()
+    inputs = make_inputs(2, audio_len=10, clip_len=2, sync_len=6, text_len=3)
+    call(model, inputs).square().mean().backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None]
+    assert missing == []  # DDP needs no find_unused_parameters
+    model.zero_grad(set_to_none=True)
+    call(model, inputs, drop_clip=torch.tensor([True, False])).square().mean().backward()
+    assert model.clip_placeholder.grad.abs().sum() > 0
+
+
+@torch.no_grad()
+def test_cached_conditions_and_batched_guidance_match_plain_calls():
+    model = tiny_model()
+    inputs = make_inputs(2, audio_len=12, clip_len=3, sync_len=7, text_len=4)
+    conds = {k: inputs[k] for k in ("seconds_start", "seconds_total", "clip", "sync", "text")}
+    cache = model.prepare_conditions(12, **conds)
+    torch.testing.assert_close(model.forward_cached(inputs["x"], inputs["t"], cache), call(model, inputs))
+    everything_dropped = {f"drop_{m}": torch.ones(2, dtype=torch.bool) for m in ("clip", "sync", "text")}
+    uncond = model.prepare_conditions(12, **conds, **everything_dropped)
+    guided = model.guided_velocity_fn(cache, uncond, cfg_strength=4.5)(inputs["x"], inputs["t"])
+    v_cond = call(model, inputs)
+    v_uncond = call(model, inputs, **everything_dropped)
+    torch.testing.assert_close(guided, 4.5 * v_cond - 3.5 * v_uncond, rtol=1e-5, atol=1e-4)
+    # Sampling with the batched guided field equals the two-function sampler.
+    noise = torch.randn(2, 12, LATENT, generator=torch.Generator().manual_seed(4))
+    fm = FlowMatching()
+    fused = fm.sample(model.guided_velocity_fn(cache, uncond, 2.0), noise, steps=3)
+    separate = fm.sample(model.velocity_fn(cache), noise, steps=3, cfg_strength=2.0,
+                         uncond_velocity_fn=model.velocity_fn(uncond))
+    torch.testing.assert_close(fused, separate, rtol=1e-4, atol=1e-4)
+
+
+def test_sync_resampling_interpolates_in_time_and_never_reads_padding():
+    rate = 24.0
+    times = torch.arange(40, dtype=torch.float64) / (44100 / 1024)
+    token_times = torch.arange(30) / rate
+    features = torch.stack([2 * token_times + 1, -token_times], dim=-1)[None].repeat(2, 1, 1)
+    features[1, 12:] = 1e6  # padding of the second sample
+    out = resample_to_times(features, torch.tensor([30, 12]), rate, times)
+    expected = torch.stack([2 * times + 1, -times], dim=-1).float()
+    torch.testing.assert_close(out[0], expected, rtol=1e-5, atol=1e-5)
+    inside = times <= 11 / rate
+    torch.testing.assert_close(out[1, inside], expected[inside], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[1, ~inside], features[1, 11].expand(int((~inside).sum()), 2))
+
+
+@torch.no_grad()
+def test_bf16_copy_matches_fp32_and_handles_unseen_durations():
+    model = tiny_model()
+    inputs = make_inputs(2, audio_len=60, clip_len=11, sync_len=33, text_len=6)
+    reference = call(model, inputs)
+    fast = tiny_model().to(torch.bfloat16)
+    out = call(fast, inputs)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    relative = (out - reference).norm() / reference.norm()
+    assert relative < 3e-2
+    # A long clip (60 s) runs without shape assumptions and stays finite.
+    long = make_inputs(1, audio_len=2584, clip_len=480, sync_len=1440, text_len=3)
+    assert torch.isfinite(call(fast, long)).all()
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = tiny_model()
+    inputs = make_inputs(1, audio_len=5, clip_len=2, sync_len=3, text_len=2)
+    with pytest.raises(ValueError, match="clip must have shape"):
+        call(model, inputs, clip=torch.randn(1, 2, CLIP + 1))
+    with pytest.raises(ValueError, match="max_text_tokens"):
+        call(model, inputs, text=torch.randn(1, 78, TEXT))
+    with pytest.raises(ValueError, match="prepared for"):
+        cache = model.prepare_conditions(5, seconds_start=inputs["seconds_start"],
+                                         seconds_total=inputs["seconds_total"])
+        model.forward_cached(torch.randn(1, 6, LATENT), inputs["t"], cache)

@@ -1,0 +1,5 @@
+"""Lightning callbacks of foley (installed as ``foley.callbacks``)."""
+
+from foley.callbacks.generation_metrics import GenerationMetricsCallback
+
+__all__ = ["GenerationMetricsCallback"]

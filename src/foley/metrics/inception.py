@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -50,5 +52,10 @@ class InceptionScore(Metric):
         self.logits.append(logits.detach().double())
 
     def compute(self) -> Tensor:
-        mean, _ = inception_score(dim_zero_cat(self.logits), self.splits)
+        """The mean over splits; NaN (with a warning) when there are fewer clips than splits."""
+        logits = dim_zero_cat(self.logits)
+        if logits.shape[0] < self.splits:
+            warnings.warn(f"InceptionScore: {logits.shape[0]} clips for {self.splits} splits; returning NaN", stacklevel=2)
+            return torch.tensor(float("nan"), dtype=torch.float64)
+        mean, _ = inception_score(logits, self.splits)
         return mean

@@ -243,7 +243,7 @@ class SyntheticWorldMetric(Metric):
     listed goes to ``other``. All states are sums, so DDP reduction is exact.
 
     Args:
-        sample_rate: sample rate of the waveforms passed to ``update``.
+        sample_rate: sample rate of the waveforms passed to ``update`` (or give it per call).
         categories: category names reported separately (``meta["category"]``).
         tolerance: onset matching tolerance in seconds (±).
         event_types: event ``type`` values whose onsets count (``None``: all events).
@@ -255,7 +255,7 @@ class SyntheticWorldMetric(Metric):
 
     def __init__(
         self,
-        sample_rate: int,
+        sample_rate: int | None = None,
         categories: Sequence[str] = (),
         tolerance: float = 0.05,
         event_types: Sequence[str] | None = None,
@@ -263,7 +263,7 @@ class SyntheticWorldMetric(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.sample_rate = int(sample_rate)
+        self.sample_rate = None if sample_rate is None else int(sample_rate)
         self.categories = list(categories)
         self.tolerance = float(tolerance)
         self.event_types = None if event_types is None else set(event_types)
@@ -295,6 +295,7 @@ class SyntheticWorldMetric(Metric):
         target: Tensor | None,
         meta: Sequence[Mapping[str, Any]],
         seconds_total: Tensor | Sequence[float] | None = None,
+        sample_rate: int | None = None,
     ) -> None:
         """Score a batch.
 
@@ -303,7 +304,11 @@ class SyntheticWorldMetric(Metric):
             target: ground-truth audio (B, 2, N') used for the stereo scores (``None``: skip them).
             meta: per-clip metadata with ``events`` and ``category``.
             seconds_total: unpadded clip durations; audio beyond them is ignored.
+            sample_rate: sample rate of ``preds``/``target`` (default: the constructor's).
         """
+        sr = sample_rate or self.sample_rate
+        if sr is None:
+            raise ValueError("SyntheticWorldMetric needs a sample_rate (constructor or update argument)")
         if preds.dim() == 2:
             preds = preds[:, None]
         if preds.dim() != 3 or preds.shape[0] != len(meta):
@@ -312,10 +317,10 @@ class SyntheticWorldMetric(Metric):
         target = None if target is None else target.detach().float().cpu()
         for i, clip_meta in enumerate(meta):
             duration = None if seconds_total is None else float(seconds_total[i])
-            n = preds.shape[-1] if duration is None else min(preds.shape[-1], round(duration * self.sample_rate))
+            n = preds.shape[-1] if duration is None else min(preds.shape[-1], round(duration * sr))
             pred = preds[i, :, :n]
-            reference = self.reference_onsets(clip_meta, n / self.sample_rate)
-            estimated = self.detector(pred, self.sample_rate)
+            reference = self.reference_onsets(clip_meta, n / sr)
+            estimated = self.detector(pred, sr)
             match = match_onsets(reference, estimated, self.tolerance)
             values = {
                 "tp": match.true_positives,
@@ -325,7 +330,7 @@ class SyntheticWorldMetric(Metric):
                 "clips": 1.0,
             }
             if target is not None and pred.shape[0] == 2 and target.shape[1] == 2:
-                corr, ild_err = pan_correlation(pred, target[i, :, :n], self.sample_rate)
+                corr, ild_err = pan_correlation(pred, target[i, :, :n], sr)
                 if not math.isnan(corr):
                     values["pan_corr_sum"], values["pan_clips"] = corr, 1.0
                 if not math.isnan(ild_err):

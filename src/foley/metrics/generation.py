@@ -1,0 +1,154 @@
+"""Metrics that score a generated batch against the batch it was generated from.
+
+The validation callback and ``foley test`` only know this interface:
+``update(generated, batch, sample_rate)``, ``compute() -> {name: value}``, ``reset()``.
+Each implementation wraps one torchmetrics ``Metric`` (DDP-correct state sync) and, where
+needed, an :class:`~foley.metrics.embedders.AudioEmbedder`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import Tensor, nn
+
+from foley.metrics.embedders import AudioEmbedder
+from foley.metrics.frechet import FrechetDistance
+from foley.metrics.inception import InceptionScore
+from foley.metrics.kl import PairedKLDivergence
+from foley.metrics.synthetic import OnsetDetector, SyntheticWorldMetric
+
+__all__ = ["GenerationMetric", "SyntheticWorldScores", "EmbeddingFrechetDistance", "ClassifierKL", "ClassifierInceptionScore"]
+
+
+class GenerationMetric(nn.Module, ABC):
+    """Scores generated audio ``(B, C, N)`` against a batch dict (architecture §2)."""
+
+    @abstractmethod
+    def update(self, generated: Tensor, batch: Mapping[str, Any], sample_rate: int) -> None:
+        """Accumulate one batch."""
+
+    @abstractmethod
+    def compute(self) -> dict[str, Tensor]:
+        """All scores so far (synchronised over processes)."""
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Forget all accumulated state."""
+
+
+class SyntheticWorldScores(GenerationMetric):
+    """The exact synthetic-world evaluator (onset P/R/F1, sync offset, pan correlation).
+
+    Args:
+        categories: categories reported separately.
+        tolerance: onset tolerance in seconds.
+        event_types: event types whose onsets count (``None``: all).
+        detector: onset detector settings.
+    """
+
+    def __init__(
+        self,
+        categories: Sequence[str] = (),
+        tolerance: float = 0.05,
+        event_types: Sequence[str] | None = None,
+        detector: OnsetDetector | None = None,
+    ) -> None:
+        super().__init__()
+        self.metric = SyntheticWorldMetric(categories=categories, tolerance=tolerance, event_types=event_types, detector=detector)
+
+    def update(self, generated: Tensor, batch: Mapping[str, Any], sample_rate: int) -> None:
+        self.metric.update(generated, batch.get("audio"), batch["meta"], batch.get("seconds_total"), sample_rate=sample_rate)
+
+    def compute(self) -> dict[str, Tensor]:
+        return self.metric.compute()
+
+    def reset(self) -> None:
+        self.metric.reset()
+
+
+class _EmbedderMetric(GenerationMetric):
+    def __init__(self, embedder: AudioEmbedder, name: str) -> None:
+        super().__init__()
+        self.embedder = embedder.eval().requires_grad_(False)
+        self.name = name
+
+    def _embed(self, wave: Tensor, sample_rate: int) -> tuple[Tensor, Tensor | None]:
+        return self.embedder.embed(wave, sample_rate)
+
+
+class EmbeddingFrechetDistance(_EmbedderMetric):
+    """FD between embeddings of ground-truth (``batch["audio"]``) and generated audio.
+
+    Args:
+        embedder: the embedding model (PaSST, PANNs, VGGish, ...).
+        name: key of the result, e.g. ``fd_panns``.
+    """
+
+    def __init__(self, embedder: AudioEmbedder, name: str = "fd") -> None:
+        super().__init__(embedder, name)
+        self.metric = FrechetDistance(embedder.embedding_dim)
+
+    def update(self, generated: Tensor, batch: Mapping[str, Any], sample_rate: int) -> None:
+        self.metric.update(self._embed(batch["audio"], sample_rate)[0], real=True)
+        self.metric.update(self._embed(generated, sample_rate)[0], real=False)
+
+    def compute(self) -> dict[str, Tensor]:
+        return {self.name: self.metric.compute()}
+
+    def reset(self) -> None:
+        self.metric.reset()
+
+
+def _logits(embedder: AudioEmbedder, pair: tuple[Tensor, Tensor | None]) -> Tensor:
+    if pair[1] is None:
+        raise ValueError(f"{type(embedder).__name__} has no classifier head; KL and IS need class logits")
+    return pair[1]
+
+
+class ClassifierKL(_EmbedderMetric):
+    """Paired KL(ground truth ‖ generated) over the embedder's class logits (KL_PANNs, KL_PaSST).
+
+    Args:
+        embedder: a classifier embedder.
+        name: key of the result.
+    """
+
+    def __init__(self, embedder: AudioEmbedder, name: str = "kl") -> None:
+        super().__init__(embedder, name)
+        self.metric = PairedKLDivergence()
+
+    def update(self, generated: Tensor, batch: Mapping[str, Any], sample_rate: int) -> None:
+        target = _logits(self.embedder, self._embed(batch["audio"], sample_rate))
+        self.metric.update(target, _logits(self.embedder, self._embed(generated, sample_rate)))
+
+    def compute(self) -> dict[str, Tensor]:
+        return {self.name: self.metric.compute()}
+
+    def reset(self) -> None:
+        self.metric.reset()
+
+
+class ClassifierInceptionScore(_EmbedderMetric):
+    """Inception Score of the generated audio's class predictions (IS with PANNs).
+
+    Args:
+        embedder: a classifier embedder.
+        splits: number of splits.
+        name: key of the result.
+    """
+
+    def __init__(self, embedder: AudioEmbedder, splits: int = 10, name: str = "is") -> None:
+        super().__init__(embedder, name)
+        self.metric = InceptionScore(splits=splits)
+
+    def update(self, generated: Tensor, batch: Mapping[str, Any], sample_rate: int) -> None:
+        self.metric.update(_logits(self.embedder, self._embed(generated, sample_rate)))
+
+    def compute(self) -> dict[str, Tensor]:
+        return {self.name: self.metric.compute()}
+
+    def reset(self) -> None:
+        self.metric.reset()

@@ -74,6 +74,7 @@ class ClipEncoder(nn.Module):
             mean = tuple(preprocess.get("mean", CLIP_MEAN))
             std = tuple(preprocess.get("std", CLIP_STD))
         self.visual = model.visual
+        self.weights_from_file = model_config is None and (checkpoint_path is not None or pretrained is not None)
         size = self.visual.image_size
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         self.mean, self.std = mean, std

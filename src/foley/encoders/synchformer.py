@@ -272,6 +272,7 @@ class SynchformerEncoder(nn.Module):
             mlp_ratio=mlp_ratio,
         )
         self.tokens_per_segment = self.vfeat_extractor.num_steps
+        self.weights_from_file = checkpoint_path is not None
         if checkpoint_path is not None:
             self.load_checkpoint(checkpoint_path)
         self.requires_grad_(False)

@@ -57,6 +57,7 @@ class TextEncoder(nn.Module):
                 "Offline, download it once into the Hugging Face cache or pass a local folder as model_name."
             ) from error
         self.dim = int(self.model.config.d_model)
+        self.weights_from_file = model_config is None
         self.requires_grad_(False)
         self.eval()
 

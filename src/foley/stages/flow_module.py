@@ -1,0 +1,437 @@
+"""Stage 2: flow matching of codec latents with the MM-DiT, conditioned on video and text.
+
+The module wires frozen parts (stage-1 codec, CLIP / Synchformer / T5 encoders) around
+the trainable network; the losses and samplers live in :class:`foley.flow.FlowMatching`.
+Batches follow docs/architecture.md §2. When a batch carries precomputed members from
+``foley extract`` shards (``latent``, ``latent_std``, ``clip_features``, ...), those are
+used instead of running the frozen models.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from foley.flow import FlowMatching
+
+__all__ = ["FlowModule", "Conditions"]
+
+logger = logging.getLogger(__name__)
+
+Conditions = dict[str, Tensor | None]
+MODALITIES = ("clip", "sync", "text")
+# Frozen submodules; their weights are left out of checkpoints when they come from their own files.
+FROZEN = ("codec", "clip_encoder", "sync_encoder", "text_encoder")
+
+
+class FlowModule(LightningModule):
+    """Trains the stage-2 generator and generates waveforms with it.
+
+    Args:
+        network: Velocity network (``foley.models.mmdit.MMDiT``).
+        flow: Flow-matching loss and sampler settings (default ``FlowMatching()``).
+        codec_checkpoint: Stage-1 checkpoint, loaded with ``Codec.from_checkpoint`` and frozen.
+        codec: An already built codec instead of ``codec_checkpoint``.
+        clip_encoder: Frozen CLIP frame encoder; ``None`` = no visual-semantics stream
+            (the network's placeholder is used) unless the batch holds ``clip_features``.
+        sync_encoder: Frozen Synchformer encoder; ``None`` as above for ``sync_features``.
+        text_encoder: Frozen T5 encoder; ``None`` as above for ``text_features``.
+        optimizer: Optimiser factory, called with the network's parameters.
+        lr_scheduler: Optional scheduler factory (stepped every optimiser step); when absent a
+            linear warm-up over ``warmup_steps`` is used.
+        warmup_steps: Linear learning-rate warm-up length (ignored with ``lr_scheduler``).
+        ema_decay: Decay of the exponential moving average of the network weights, used for
+            validation and generation and saved in checkpoints; ``0`` disables it.
+        ema_warmup: Use ``min(ema_decay, (1 + step) / (10 + step))`` so early averages are not
+            dominated by the random initialisation.
+        cond_dropout: Probability, per sample and modality, of replacing a condition by its
+            placeholder during training (classifier-free guidance).
+        cfg_strength: Default guidance strength for :meth:`generate`.
+        sample_steps: Default number of sampler steps.
+        sampler: Default ODE method (``"euler"``, ``"midpoint"`` or ``"heun"``).
+        sample_posterior: Train on latents drawn from the codec posterior when the batch holds
+            ``latent_std`` (precomputed features); otherwise on the posterior mean.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        flow: FlowMatching | None = None,
+        codec_checkpoint: str | None = None,
+        codec: nn.Module | None = None,
+        clip_encoder: nn.Module | None = None,
+        sync_encoder: nn.Module | None = None,
+        text_encoder: nn.Module | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        warmup_steps: int = 1000,
+        ema_decay: float = 0.999,
+        ema_warmup: bool = True,
+        cond_dropout: float = 0.1,
+        cfg_strength: float = 4.5,
+        sample_steps: int = 25,
+        sampler: str = "euler",
+        sample_posterior: bool = True,
+    ) -> None:
+        super().__init__()
+        if (codec is None) == (codec_checkpoint is None):
+            raise ValueError(
+                "FlowModule needs exactly one of `codec` (a module) or `codec_checkpoint` (a stage-1 "
+                "checkpoint path, e.g. --model.init_args.codec_checkpoint=runs/stage1/last.ckpt)"
+            )
+        if not 0.0 <= cond_dropout <= 1.0:
+            raise ValueError(f"cond_dropout must be in [0, 1], got {cond_dropout}")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+        if codec is None:
+            from foley.models.codec import Codec
+
+            codec = Codec.from_checkpoint(codec_checkpoint)
+        with warnings.catch_warnings():
+            # Lightning warns about module-valued arguments; they are removed just below.
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
+            self.save_hyperparameters()
+        # Objects passed from Python are not plain data; under LightningCLI these entries are
+        # class_path/init_args dicts and are kept so load_from_checkpoint can rebuild the module.
+        self.remove_ignored_hparams(
+            [k for k, v in self.hparams.items() if isinstance(v, (nn.Module, FlowMatching)) or callable(v)]
+        )
+        self.network = network
+        self.ema_network = copy.deepcopy(network).requires_grad_(False) if ema_decay > 0 else None
+        self.flow = flow if flow is not None else FlowMatching()
+        self.codec = codec.eval().requires_grad_(False)
+        self.clip_encoder = self._freeze(clip_encoder)
+        self.sync_encoder = self._freeze(sync_encoder)
+        self.text_encoder = self._freeze(text_encoder)
+        self.codec_from_file = codec_checkpoint is not None
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.warmup_steps = warmup_steps
+        self.ema_decay = ema_decay
+        self.ema_warmup = ema_warmup
+        self.cond_dropout = cond_dropout
+        self.cfg_strength = cfg_strength
+        self.sample_steps = sample_steps
+        self.sampler = sampler
+        self.sample_posterior = sample_posterior
+        self._ema_step = -1
+
+    @staticmethod
+    def _freeze(module: nn.Module | None) -> nn.Module | None:
+        return None if module is None else module.eval().requires_grad_(False)
+
+    # ------------------------------------------------------------------ geometry
+    @property
+    def sample_rate(self) -> int:
+        return int(self.codec.sample_rate)
+
+    @property
+    def samples_per_latent(self) -> int:
+        return int(self.codec.samples_per_latent)
+
+    @property
+    def latent_rate(self) -> float:
+        return self.sample_rate / self.samples_per_latent
+
+    def train(self, mode: bool = True) -> FlowModule:
+        super().train(mode)
+        # Frozen parts never switch to training behaviour (dropout, norm statistics).
+        for name in FROZEN:
+            module = getattr(self, name)
+            if module is not None:
+                module.eval()
+        if self.ema_network is not None:
+            self.ema_network.eval()
+        return self
+
+    # ---------------------------------------------------------------- conditions
+    def encode_conditions(self, batch: Mapping[str, Any]) -> Conditions:
+        """CLIP / sync / text features and masks of a batch (precomputed ones when present).
+
+        Returns:
+            ``{"clip", "clip_mask", "sync", "sync_mask", "text", "text_mask"}``; a modality
+            without features or encoder is ``None``.
+        """
+        out: Conditions = {}
+        with torch.no_grad():
+            for name, frames_key, mask_key, encoder in (
+                ("clip", "clip_frames", "clip_mask", self.clip_encoder),
+                ("sync", "sync_frames", "sync_mask", self.sync_encoder),
+            ):
+                features, mask = None, None
+                if f"{name}_features" in batch:
+                    features, mask = batch[f"{name}_features"], batch.get(f"{name}_features_mask")
+                elif encoder is not None and frames_key in batch:
+                    features, mask = encoder(batch[frames_key], batch.get(mask_key))
+                out[name], out[f"{name}_mask"] = self._checked(name, features, mask)
+            features, mask = None, None
+            if "text_features" in batch:
+                features, mask = batch["text_features"], batch.get("text_features_mask")
+            elif self.text_encoder is not None and "caption" in batch:
+                features, mask = self.text_encoder(list(batch["caption"]))
+            out["text"], out["text_mask"] = self._checked("text", features, mask)
+        return out
+
+    @staticmethod
+    def _checked(name: str, features: Tensor | None, mask: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+        if features is None:
+            return None, None
+        if mask is None:
+            mask = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
+        return features.float(), mask.bool()
+
+    def encode_latents(self, batch: Mapping[str, Any], sample: bool = False) -> tuple[Tensor, Tensor]:
+        """Normalised codec latents ``(B, T, C)`` of the batch audio and their mask ``(B, T)``.
+
+        Uses ``batch["latent"]`` (and ``latent_std`` when ``sample``) from feature shards when
+        present, otherwise runs the frozen codec on ``audio_mono``.
+        """
+        if "latent" in batch:
+            latent = batch["latent"].float()
+            if sample and "latent_std" in batch:
+                latent = latent + batch["latent_std"].float() * torch.randn_like(latent)
+        else:
+            audio = batch["audio_mono"] if "audio_mono" in batch else batch["audio"].mean(dim=1)
+            if "audio_mask" in batch:
+                audio = audio * batch["audio_mask"].to(audio.dtype)
+            with torch.no_grad():
+                latent = self.codec.encode(audio.float()).transpose(1, 2)
+        return latent, self.latent_mask(batch, latent.shape[1])
+
+    def latent_mask(self, batch: Mapping[str, Any], length: int) -> Tensor:
+        """``(B, length)`` True on latent frames that cover real audio."""
+        samples = self.sample_counts(batch)
+        frames = torch.div(samples + self.samples_per_latent - 1, self.samples_per_latent, rounding_mode="floor")
+        return torch.arange(length, device=frames.device)[None] < frames[:, None]
+
+    def sample_counts(self, batch: Mapping[str, Any]) -> Tensor:
+        """Real audio samples per batch item: from ``audio_mask``, else ``seconds_total · sr``."""
+        if "audio_mask" in batch:
+            return batch["audio_mask"].sum(dim=1).long()
+        return torch.round(batch["seconds_total"].double() * self.sample_rate).long()
+
+    @staticmethod
+    def drop_flags(conditions: Conditions, dropout: Tensor | None = None) -> dict[str, Tensor | None]:
+        """Per-modality ``drop_*`` flags: dropped by CFG dropout, or no real token at all."""
+        flags: dict[str, Tensor | None] = {}
+        for index, name in enumerate(MODALITIES):
+            mask = conditions[f"{name}_mask"]
+            if mask is None:
+                flags[f"drop_{name}"] = None
+                continue
+            drop = ~mask.any(dim=1)
+            if dropout is not None:
+                drop = drop | dropout[index].to(drop.device)
+            flags[f"drop_{name}"] = drop
+        return flags
+
+    def _check_crop(self, batch: Mapping[str, Any]) -> None:
+        if "latent" in batch and "seconds_start" in batch and bool((batch["seconds_start"] > 0).any()):
+            raise ValueError(
+                "precomputed features cover whole extracted clips, but the DataModule cropped them "
+                f"(seconds_start {batch['seconds_start'].tolist()}); read feature shards with clip_seconds "
+                "at least as long as the extracted clips (and load_video: false)"
+            )
+
+    # ------------------------------------------------------------------ training
+    def loss(self, batch: Mapping[str, Any], network: nn.Module | None = None, dropout: float | None = None,
+             generator: torch.Generator | None = None, sample_posterior: bool = False) -> Tensor:
+        """Flow-matching loss on a batch.
+
+        Random draws happen in a fixed order (times, noise, then dropout flags) so that
+        losses with different dropout settings are comparable under the same seed.
+        """
+        network = self.network if network is None else network
+        self._check_crop(batch)
+        x1, mask = self.encode_latents(batch, sample=sample_posterior)
+        conditions = self.encode_conditions(batch)
+        batch_size, device = x1.shape[0], x1.device
+        t = self.flow.sample_t(batch_size, device, generator)
+        noise = torch.randn(x1.shape, device=device, dtype=x1.dtype, generator=generator)
+        p = self.cond_dropout if dropout is None else dropout
+        draws = torch.rand(len(MODALITIES), batch_size, device=device, generator=generator)
+        flags = self.drop_flags(conditions, draws < p)
+        seconds_start = batch["seconds_start"].to(device).float()
+        seconds_total = batch["seconds_total"].to(device).float()
+
+        def velocity(x_t: Tensor, times: Tensor) -> Tensor:
+            return network(x_t, times, seconds_start=seconds_start, seconds_total=seconds_total,
+                           audio_mask=mask, **conditions, **flags)
+
+        return self.flow.loss(velocity, x1, mask, t=t, noise=noise)
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        loss = self.loss(batch, sample_posterior=self.sample_posterior)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["seconds_total"]))
+        return loss
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        # A fixed generator per batch makes validation losses comparable across epochs.
+        generator = torch.Generator(device=self.device).manual_seed(batch_idx)
+        loss = self.loss(batch, network=self.inference_network, dropout=0.0, generator=generator)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["seconds_total"]))
+        return loss
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        generator = torch.Generator(device=self.device).manual_seed(batch_idx)
+        loss = self.loss(batch, network=self.inference_network, dropout=0.0, generator=generator)
+        self.log("test/loss", loss, sync_dist=True, batch_size=len(batch["seconds_total"]))
+        return loss
+
+    # ----------------------------------------------------------------------- EMA
+    @property
+    def inference_network(self) -> nn.Module:
+        """The EMA network when EMA is on, else the trained one."""
+        return self.ema_network if self.ema_network is not None else self.network
+
+    @torch.no_grad()
+    def update_ema(self, step: int) -> None:
+        """Fold the current network weights into the EMA (buffers are copied)."""
+        if self.ema_network is None:
+            return
+        decay = self.ema_decay
+        if self.ema_warmup:
+            decay = min(decay, (1 + step) / (10 + step))
+        ema_params = list(self.ema_network.parameters())
+        params = [p.detach().to(e.dtype) for p, e in zip(self.network.parameters(), ema_params)]
+        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        for ema_buffer, buffer in zip(self.ema_network.buffers(), self.network.buffers()):
+            ema_buffer.copy_(buffer)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = int(self.trainer.global_step)
+        if step != self._ema_step:  # only after a real optimiser step (gradient accumulation)
+            self._ema_step = step
+            self.update_ema(step)
+
+    # ---------------------------------------------------------------- optimiser
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer(self.network.parameters())
+        if self.lr_scheduler is not None:
+            scheduler = self.lr_scheduler(optimizer)
+        elif self.warmup_steps > 0:
+            warmup = self.warmup_steps
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        else:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --------------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate(
+        self,
+        batch: Mapping[str, Any],
+        steps: int | None = None,
+        cfg: float | None = None,
+        seed: int | None = None,
+        negative_prompt: str | list[str] | None = None,
+        method: str | None = None,
+    ) -> Tensor:
+        """Generate mono waveforms ``(B, 1, N)`` in [-1, 1] for a batch.
+
+        ``N`` is the batch's padded audio length (``audio_mask``) or the longest
+        ``seconds_total · sample_rate``; each sample is exactly as long as its own duration
+        and zero after it.
+
+        Args:
+            batch: Batch dict (frames and/or precomputed features, caption, durations).
+            steps: Sampler steps (default :attr:`sample_steps`).
+            cfg: Guidance strength (default :attr:`cfg_strength`); 1 disables guidance.
+            seed: Seed of the initial noise (drawn on the CPU, so the same on every device);
+                ``None`` draws from the global generator.
+            negative_prompt: Text for the unconditional branch (one string for the whole batch
+                or one per sample) instead of the placeholders.
+            method: ODE method (default :attr:`sampler`).
+        """
+        network = self.inference_network
+        steps = self.sample_steps if steps is None else int(steps)
+        cfg = self.cfg_strength if cfg is None else float(cfg)
+        method = self.sampler if method is None else method
+        counts = self.sample_counts(batch).to(self.device)
+        batch_size = counts.shape[0]
+        total = int(batch["audio_mask"].shape[1]) if "audio_mask" in batch else int(counts.max())
+        length = math.ceil(total / self.samples_per_latent)
+        conditions = {k: (v.to(self.device) if v is not None else None) for k, v in self.encode_conditions(batch).items()}
+        frames = torch.div(counts + self.samples_per_latent - 1, self.samples_per_latent, rounding_mode="floor")
+        mask = torch.arange(length, device=self.device)[None] < frames[:, None]
+        common = {
+            "seconds_start": batch["seconds_start"].to(self.device).float(),
+            "seconds_total": batch["seconds_total"].to(self.device).float(),
+            "audio_mask": mask,
+        }
+        cond = {**common, **conditions, **self.drop_flags(conditions)}
+        uncond = self._unconditional(conditions, common, negative_prompt, batch_size)
+
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        channels = int(self.codec.latent_channels)
+        noise = torch.randn(batch_size, length, channels, generator=generator).to(self.device)
+        guided = cfg != 1.0
+        if hasattr(network, "prepare_conditions") and hasattr(network, "guided_velocity_fn"):
+            cond_cache = network.prepare_conditions(length, **cond)
+            if guided:
+                velocity = network.guided_velocity_fn(cond_cache, network.prepare_conditions(length, **uncond), cfg)
+            else:
+                velocity = network.velocity_fn(cond_cache)
+            latent = self.flow.sample(velocity, noise, steps=steps, method=method)
+        else:
+            latent = self.flow.sample(
+                lambda x, t: network(x, t, **cond), noise, steps=steps, method=method, cfg_strength=cfg,
+                uncond_velocity_fn=(lambda x, t: network(x, t, **uncond)) if guided else None,
+            )
+        wave = self.codec.decode(latent.transpose(1, 2).float(), total).float().clamp(-1.0, 1.0)
+        wave = wave * (torch.arange(total, device=wave.device)[None] < counts[:, None].to(wave.device))
+        return wave[:, None]
+
+    def _unconditional(self, conditions: Conditions, common: dict[str, Tensor], negative_prompt: str | list[str] | None,
+                       batch_size: int) -> dict[str, Any]:
+        device = common["seconds_total"].device
+        all_dropped = torch.ones(batch_size, dtype=torch.bool, device=device)
+        uncond: dict[str, Any] = {**common, **conditions}
+        for name in MODALITIES:
+            uncond[f"drop_{name}"] = all_dropped if conditions[name] is not None else None
+        if negative_prompt is not None:
+            if self.text_encoder is None:
+                raise ValueError("negative_prompt needs a text encoder; this FlowModule has text_encoder=None")
+            prompts = [negative_prompt] * batch_size if isinstance(negative_prompt, str) else list(negative_prompt)
+            if len(prompts) != batch_size:
+                raise ValueError(f"negative_prompt has {len(prompts)} entries for a batch of {batch_size}")
+            text, text_mask = self.text_encoder(prompts)
+            uncond["text"], uncond["text_mask"] = text.float().to(device), text_mask.to(device)
+            uncond["drop_text"] = ~uncond["text_mask"].any(dim=1)
+            if conditions["text"] is not None and conditions["text"].shape[1] != text.shape[1]:
+                raise ValueError("negative prompt and caption features have different token counts")
+        return uncond
+
+    # -------------------------------------------------------------- checkpoints
+    def _frozen_from_file(self) -> list[str]:
+        names = ["codec"] if self.codec_from_file else []
+        for name in ("clip_encoder", "sync_encoder", "text_encoder"):
+            module = getattr(self, name)
+            if module is not None and getattr(module, "weights_from_file", False):
+                names.append(name)
+        return names
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Frozen pretrained parts are rebuilt from their own files; copying them into every
+        # stage-2 checkpoint would multiply its size (MetaCLIP ViT-H alone is ~2.5 GB).
+        prefixes = tuple(f"{name}." for name in self._frozen_from_file())
+        if prefixes:
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(prefixes)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["state_dict"]
+        for name in FROZEN:
+            module = getattr(self, name)
+            if module is not None and not any(k.startswith(f"{name}.") for k in state):
+                state.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
+        if self.ema_network is not None and not any(k.startswith("ema_network.") for k in state):
+            # A checkpoint written without EMA: start the average from the trained weights.
+            state.update({f"ema_{k}": v for k, v in list(state.items()) if k.startswith("network.")})

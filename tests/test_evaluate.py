@@ -1,0 +1,119 @@
+"""`foley test` machinery: report writing, audio cache, re-scoring without regeneration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader
+
+from foley.callbacks.evaluation import EvaluationReportCallback
+from foley.evaluate import EvaluationSuite, format_markdown, read_cached_audio, rescore, write_cached_audio
+from foley.metrics.embedders import SpectralStatsEmbedder
+from foley.metrics.generation import EmbeddingFrechetDistance, SyntheticWorldScores
+
+SR = 8000
+
+
+def _clip(index: int) -> dict:
+    g = torch.Generator().manual_seed(100 + index)
+    onsets = [0.15 + 0.35 * k + 0.05 * float(torch.rand(1, generator=g)) for k in range(3)]
+    audio = 0.001 * torch.randn(2, int(1.3 * SR), generator=g)
+    for t in onsets:
+        audio[:, round(t * SR)] += torch.tensor([0.8, 0.2])
+    return {"audio": audio, "seconds_total": torch.tensor(1.3), "key": f"vid/{index}",
+            "meta": {"category": ["impacts", "rolling"][index % 2], "events": [{"onset": t} for t in onsets]}}
+
+
+def _collate(examples: list[dict]) -> dict:
+    return {"audio": torch.stack([e["audio"] for e in examples]),
+            "seconds_total": torch.stack([e["seconds_total"] for e in examples]),
+            "key": [e["key"] for e in examples], "meta": [e["meta"] for e in examples]}
+
+
+def _loader() -> DataLoader:
+    return DataLoader([_clip(i) for i in range(6)], batch_size=4, collate_fn=_collate)
+
+
+class Generator(pl.LightningModule):
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode, self.sample_rate, self.calls = mode, SR, 0
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def generate(self, batch: dict) -> torch.Tensor:
+        self.calls += 1
+        return batch["audio"].clone() if self.mode == "truth" else torch.zeros_like(batch["audio"])
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        return None
+
+
+def _test(tmp_path: Path, mode: str, **kwargs) -> tuple[Generator, EvaluationReportCallback]:
+    callback = EvaluationReportCallback(output_dir=str(tmp_path / "eval"), **kwargs)
+    module = Generator(mode)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=CSVLogger(tmp_path), callbacks=[callback],
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.test(module, _loader())
+    return module, callback
+
+
+def test_report_overall_and_per_category_with_cache(tmp_path: Path) -> None:
+    _, callback = _test(tmp_path, "truth")
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["num_clips"] == 6
+    assert report["overall"]["onset_f1"] == pytest.approx(1.0)
+    assert set(report["per_category"]) == {"impacts", "rolling"}
+    assert report["per_category"]["rolling"]["num_clips"] == 3
+    assert report["per_category"]["impacts"]["onset_recall"] == pytest.approx(1.0)
+    assert report["generated_clips"] == 6 and "model" in report["config"]
+    markdown = (tmp_path / "eval" / "report.md").read_text()
+    assert "| overall |" in markdown and "| rolling |" in markdown and "onset_f1" in markdown
+    cached = sorted(p.name for p in (tmp_path / "eval" / "generated").iterdir())
+    assert cached == [f"vid_{i}.wav" for i in range(6)]
+    # float WAV: the cache is bit-exact
+    assert torch.equal(read_cached_audio(tmp_path / "eval" / "generated", ["vid/1"], SR)[0], _clip(1)["audio"])
+
+
+def test_rescore_without_model_matches_the_test_run_and_finds_missing_clips(tmp_path: Path) -> None:
+    _, callback = _test(tmp_path, "truth")
+    report = rescore(tmp_path / "eval" / "generated", _loader(), sample_rate=SR, output_dir=tmp_path / "again")
+    assert report["overall"] == callback.report["overall"]
+    assert report["per_category"] == callback.report["per_category"]
+    assert (tmp_path / "again" / "report.md").is_file()
+    (tmp_path / "eval" / "generated" / "vid_4.wav").unlink()
+    with pytest.raises(FileNotFoundError, match="vid_4.wav"):
+        rescore(tmp_path / "eval" / "generated", _loader(), sample_rate=SR)
+
+
+def test_reuse_cache_skips_generation(tmp_path: Path) -> None:
+    _test(tmp_path, "truth")
+    module, callback = _test(tmp_path, "silence", reuse_cache=True)
+    assert module.calls == 0 and callback.report["cached_clips_reused"] == 6
+    assert callback.report["overall"]["onset_f1"] == pytest.approx(1.0)
+    module, callback = _test(tmp_path, "silence")  # without reuse: regenerated and re-cached
+    assert module.calls == 2 and callback.report["overall"]["onset_f1"] == 0.0
+
+
+def test_per_category_copies_share_the_embedder_and_match_separate_runs() -> None:
+    embedder = SpectralStatsEmbedder(sample_rate=SR, n_mels=4)
+    suite = EvaluationSuite([EmbeddingFrechetDistance(embedder, "fd_stats"), SyntheticWorldScores()])
+    batch = _collate([_clip(i) for i in range(12)])
+    generated = batch["audio"].roll(100, dims=-1)
+    suite.update(generated, batch, SR)
+    report = suite.compute()
+    assert suite.by_category["impacts"][0].embedder is embedder
+    alone = EmbeddingFrechetDistance(embedder, "fd_stats")
+    rows = [i for i in range(12) if i % 2 == 0]
+    alone.update(generated[rows], {"audio": batch["audio"][rows]}, SR)
+    assert report["per_category"]["impacts"]["fd_stats"] == pytest.approx(float(alone.compute()["fd_stats"]), rel=1e-9)
+    assert report["overall"]["fd_stats"] != pytest.approx(report["per_category"]["impacts"]["fd_stats"])
+
+
+def test_markdown_renders_nan_as_dash() -> None:
+    text = format_markdown({"overall": {"fd": float("nan"), "kl": 1.23456, "num_clips": 3.0}, "per_category": {}})
+    assert "| overall | – | 1.235 | 3 |" in text

@@ -1,0 +1,117 @@
+"""Small stand-ins and synthetic panned clips for the stage-3 / pipeline / generate tests.
+
+``FakeCodec`` has the stage-1 codec interface the stereo stage uses (``mel``, ``vocode``,
+``sample_rate``, ``hop_length``) with a fixed STFT mel front end and a magnitude-only
+pseudo-inverse "vocoder" (fixed phase), so level differences survive the round trip.
+``FakeFlow`` has ``FlowModule.generate``'s interface: it returns a click at every
+frame where the sync stream changes, so the output is a deterministic function of the
+video timing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torchaudio.functional as AF
+from torch import Tensor, nn
+
+
+class FakeCodec(nn.Module):
+    def __init__(self, sample_rate: int = 44100, hop_length: int = 512, n_mels: int = 32, n_fft: int = 2048) -> None:
+        super().__init__()
+        self.sample_rate = sample_rate
+        self.hop_length = hop_length
+        self.n_fft = n_fft
+        fbanks = AF.melscale_fbanks(n_fft // 2 + 1, 0.0, sample_rate / 2, n_mels, sample_rate, norm="slaney", mel_scale="slaney")
+        self.register_buffer("basis", fbanks.T.contiguous())
+        self.register_buffer("inverse", torch.linalg.pinv(fbanks.T))
+        self.register_buffer("window", torch.hann_window(n_fft))
+        self.gain = nn.Parameter(torch.ones(()))  # a weight, so state-dict round trips are exercised
+
+    def mel(self, wave: Tensor) -> Tensor:
+        frames = wave.shape[-1] // self.hop_length
+        spec = torch.stft(wave.float(), self.n_fft, self.hop_length, window=self.window, center=True, return_complex=True)
+        mel = self.basis @ spec.abs()[..., :frames]
+        return torch.log(mel.clamp_min(1e-5))
+
+    def vocode(self, mel: Tensor) -> Tensor:
+        magnitude = (self.inverse @ mel.exp()).clamp_min(0.0)
+        phase = torch.exp(1j * torch.linspace(0, 50.0, magnitude.shape[-2]))[:, None]
+        frames = mel.shape[-1]
+        return self.gain * torch.istft(magnitude * phase, self.n_fft, self.hop_length, window=self.window, center=True, length=frames * self.hop_length)
+
+
+class FakeFlow(nn.Module):
+    """``generate(batch, steps, cfg, seed, negative_prompt)`` → ``(B, 1, N)`` clicks at video changes."""
+
+    def __init__(self, sample_rate: int = 44100) -> None:
+        super().__init__()
+        self.sample_rate = sample_rate
+        self.level = nn.Parameter(torch.tensor(0.5))
+        self.calls: list[dict[str, Any]] = []
+
+    @torch.no_grad()
+    def generate(self, batch: dict, steps: int = 25, cfg: float = 4.5, seed: int = 0, negative_prompt: str | None = None) -> Tensor:
+        self.calls.append({"steps": steps, "cfg": cfg, "seed": seed, "negative_prompt": negative_prompt, "caption": list(batch["caption"])})
+        b = batch["sync_frames"].shape[0]
+        n = int(batch["audio_mask"].shape[-1])
+        frames = batch["sync_frames"].float()
+        fps = float(frames.shape[1]) / float(batch["seconds_total"][0])
+        change = (frames[:, 1:] - frames[:, :-1]).abs().flatten(2).mean(-1) > 1.0
+        out = torch.zeros(b, 1, n)
+        decay = torch.exp(-torch.arange(2000) / 200.0)
+        for i, j in change.nonzero().tolist():
+            start = int(round((j + 1) / fps * self.sample_rate))
+            stop = min(n, start + decay.numel())
+            if start < n:
+                out[i, 0, start:stop] += float(self.level) * decay[: stop - start]
+        return out
+
+
+def panned_batch(
+    count: int,
+    seed: int,
+    seconds: float = 1.0,
+    sample_rate: int = 44100,
+    fps: float = 25.0,
+    size: int = 32,
+) -> dict[str, Any]:
+    """Clips of one noise source moving across the screen, amplitude-panned by its x position.
+
+    The video shows a white square at the source position (x = 0 is the left edge, fully left).
+    """
+    gen = np.random.default_rng(seed)
+    n = int(round(seconds * sample_rate))
+    t_frames = int(math.floor(seconds * fps + 1e-6))
+    audio = np.zeros((count, 2, n), dtype=np.float32)
+    frames = np.zeros((count, t_frames, 3, size, size), dtype=np.uint8)
+    times = np.arange(n) / sample_rate
+    for i in range(count):
+        x0, x1 = gen.uniform(0, 1, size=2)
+        x = x0 + (x1 - x0) * times / seconds
+        noise = gen.standard_normal(n)
+        # Bursts with gaps, so the clip's level changes and the ILD is measured where it sounds.
+        envelope = 0.3 + 0.7 * (np.sin(2 * np.pi * gen.uniform(1.5, 4) * times + gen.uniform(0, 6)) > 0)
+        source = 0.2 * noise * envelope
+        audio[i, 0] = np.cos(np.pi / 2 * x) * source
+        audio[i, 1] = np.sin(np.pi / 2 * x) * source
+        row = gen.integers(0, size - 6)
+        for k in range(t_frames):
+            col = int(round((x0 + (x1 - x0) * (k / fps) / seconds) * (size - 6)))
+            frames[i, k, :, row : row + 6, col : col + 6] = 255
+    audio_t = torch.from_numpy(audio)
+    return {
+        "audio": audio_t,
+        "audio_mono": audio_t.mean(1),
+        "audio_mask": torch.ones(count, n, dtype=torch.bool),
+        "sync_frames": torch.from_numpy(frames),
+        "sync_mask": torch.ones(count, t_frames, dtype=torch.bool),
+        "caption": [""] * count,
+        "seconds_start": torch.zeros(count),
+        "seconds_total": torch.full((count,), seconds),
+        "key": [f"pan-{seed}-{i}" for i in range(count)],
+        "meta": [{} for _ in range(count)],
+    }

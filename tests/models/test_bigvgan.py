@@ -15,6 +15,16 @@ from foley.models.bigvgan import Activation1d, BigVGAN, UpSample1d, kaiser_sinc_
 MANIFEST = Path("/work/shared/reference/manifests/bigvgan_v2_44k_128band_512x.json")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    # Tiny convolutions run far faster single-threaded on a shared, busy CPU.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+
 @pytest.fixture(scope="module")
 def manifest() -> dict:
     if not MANIFEST.is_file():

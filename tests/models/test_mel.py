@@ -11,6 +11,16 @@ import torch
 from foley.models.mel import LogMelSpectrogram, num_mel_frames
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    # Tiny convolutions run far faster single-threaded on a shared, busy CPU.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+
 def _hz_to_mel_slaney(freq: np.ndarray) -> np.ndarray:
     freq = np.asarray(freq, dtype=np.float64)
     f_sp = 200.0 / 3

@@ -209,13 +209,15 @@ class BouncingBall(SceneObject):
         # Shadow: sharper and larger as the ball comes down.
         closeness = 1.0 - np.clip(height / 0.5, 0, 1)
         canvas.ellipse(x, FLOOR_Y + 0.012, self.radius * (0.6 + 0.6 * closeness), 0.018, (0.0, 0.0, 0.0), alpha=0.35 + 0.4 * closeness)
-        canvas.ellipse(x, cy, rx, ry, PALETTE[self.color_name])
-        canvas.glow(x - 0.35 * rx, cy - 0.35 * ry, 0.35 * self.radius, (1.0, 1.0, 1.0), 0.35)
         if len(contact):
+            # The flash lights the floor and wall around the ball; the opaque ball drawn
+            # on top keeps its colour.
             level = 0.5 + 0.5 * self.loudness()
             canvas.glow(x[contact], FLOOR_Y, 1.6 * self.radius, (1.0, 1.0, 0.9), level, frames=contact)
             follow = contact[contact + 1 < self.timeline.num_frames] + 1
             canvas.glow(x[follow], FLOOR_Y, 1.6 * self.radius, (1.0, 1.0, 0.9), 0.4 * level[: len(follow)], frames=follow)
+        canvas.ellipse(x, cy, rx, ry, PALETTE[self.color_name])
+        canvas.glow(x - 0.35 * rx, cy - 0.35 * ry, 0.3 * self.radius, (1.0, 1.0, 1.0), 0.3)
 
     def add_sound(self, out: np.ndarray) -> None:
         for event, level in zip(self.events(), self.loudness()):
@@ -286,11 +288,13 @@ class Drum(SceneObject):
         w, color = self.half_width, np.asarray(PALETTE[self.color_name])
         canvas.rect(self.x - w, self.x + w, self.head_y, FLOOR_Y, 0.75 * color)
         canvas.ellipse(self.x, FLOOR_Y, w, 0.3 * w, 0.6 * color)
-        canvas.ellipse(self.x, self.head_y, w, 0.3 * w, (0.92, 0.86, 0.7))
+        canvas.ellipse(self.x, self.head_y, w, 0.3 * w, (0.7, 0.64, 0.5))
         hits = np.asarray(self.hits, dtype=np.int64)
         if len(hits):
-            level = 0.6 + 0.6 * self.loudness()
-            for lag, fraction in ((0, 1.0), (1, 0.5), (2, 0.25)):
+            # Head colour + flash stays below white after the hit frame, so the hit frame
+            # is the brightest one.
+            level = 0.35 + 0.35 * self.loudness()
+            for lag, fraction in ((0, 1.0), (1, 0.3), (2, 0.1)):
                 frames = hits + lag
                 keep = frames < self.timeline.num_frames
                 canvas.glow(self.x, self.head_y, 0.9 * w, (1.0, 1.0, 0.85), fraction * level[keep], frames=frames[keep])
@@ -308,7 +312,8 @@ class Drum(SceneObject):
         return f"a stick hits a {size_word(self.half_width, 0.09, 0.14)} {self.color_name} drum"
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "size": round(self.half_width, 4), "pitch_hz": round(self.low_hz, 2)}
+        return {**super().describe(), "size": round(self.half_width, 4), "pitch_hz": round(self.low_hz, 2),
+                "x": round(self.x, 4), "y": round(self.head_y, 4)}
 
 
 class Lamp(SceneObject):
@@ -362,8 +367,9 @@ class Lamp(SceneObject):
             frames = np.arange(start, stop)
             progress = (frames - start) / max(stop - start, 1)
             color = hsv_to_rgb(hue_start + (hue_stop - hue_start) * progress, 0.85, 1.0)
-            canvas.ellipse(self.x, self.bulb_y, self.bulb, self.bulb, color, frames=frames)
+            # Halo first, then the opaque bulb: the bulb shows its exact hue, unclipped.
             canvas.glow(self.x, self.bulb_y, 2.2 * self.bulb, color, 0.55, frames=frames)
+            canvas.ellipse(self.x, self.bulb_y, self.bulb, self.bulb, color, frames=frames)
 
     def add_sound(self, out: np.ndarray) -> None:
         sr = self.timeline.sample_rate
@@ -381,7 +387,7 @@ class Lamp(SceneObject):
         return f"a lamp glows {self.color_name} and hums" + (", changing colour" if glides else "")
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "size": round(self.bulb, 4)}
+        return {**super().describe(), "size": round(self.bulb, 4), "x": round(self.x, 4), "y": round(self.bulb_y, 4)}
 
 
 def hue_name(hue: float) -> str:
@@ -510,7 +516,9 @@ class Rain(SceneObject):
         onset, offset_t = timeline.time_of(self.start), timeline.time_of(self.stop)
         count = rng.poisson(self.rate * max(offset_t - onset, 0))
         landing = np.sort(rng.uniform(onset, offset_t, size=count))
-        keep = rng.random(count) < 0.65 + 0.35 * np.sin(2 * np.pi * landing / period + offset)
+        # Intensity swings between 15% and 100%: the number of drops in view (and the
+        # patter density with it) rises and falls within a clip.
+        keep = rng.random(count) < 0.575 + 0.425 * np.sin(2 * np.pi * landing / period + offset)
         # The first drop lands exactly at the onset: the sound starts on the onset sample.
         self.landing = np.concatenate([[onset], landing[keep]]) if offset_t > onset else np.zeros(0)
         n = len(self.landing)
@@ -581,7 +589,7 @@ class Rain(SceneObject):
         hiss = sound.bandpass(self.rng.standard_normal((2, n)), 4500.0, 0.6, sr)
         hiss /= max(np.max(np.abs(hiss)), 1e-9)
         gate = sound.gate(n, first, last, int(FADE_SECONDS * sr))
-        out += gate * (0.18 * clicks + 0.12 * np.minimum(density, 1.5) * hiss)
+        out += gate * (0.12 * clicks + 0.2 * np.minimum(density, 1.5) * hiss)
 
     def phrase(self) -> str:
         return ("heavy" if self.rate > 80 else "light") + " rain falls"

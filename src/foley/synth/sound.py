@@ -17,6 +17,7 @@ __all__ = [
     "lowpass",
     "bandpass",
     "gate",
+    "taper_end",
     "impact_modes",
     "membrane_hit",
     "harmonic_tone",
@@ -92,6 +93,14 @@ def gate(length: int, start: int, stop: int, fade: int) -> np.ndarray:
     return envelope
 
 
+def taper_end(signal: np.ndarray, sample_rate: int, seconds: float = 0.01) -> np.ndarray:
+    """Fade the last ``seconds`` to zero so a truncated decay does not end in a click."""
+    length = min(len(signal), int(seconds * sample_rate))
+    if length:
+        signal[-length:] *= 0.5 * (1 + np.cos(np.pi * np.arange(1, length + 1) / length))
+    return signal
+
+
 def impact_modes(
     rng: np.random.Generator,
     fundamental_hz: float,
@@ -110,7 +119,7 @@ def impact_modes(
         out += weight * np.sin(2 * np.pi * fundamental_hz * ratio * t) * np.exp(-t / tau)
     noise = rng.standard_normal(length)
     out += click * noise * np.exp(-t / 0.002)
-    return out / max(np.max(np.abs(out)), 1e-9)
+    return taper_end(out / max(np.max(np.abs(out)), 1e-9), sample_rate)
 
 
 def membrane_hit(
@@ -130,7 +139,7 @@ def membrane_hit(
     burst = bandpass(rng.standard_normal(length), 2200.0, 0.8, sample_rate) * np.exp(-t / 0.05)
     burst /= max(np.max(np.abs(burst)), 1e-9)
     out = body + snare * burst
-    return out / max(np.max(np.abs(out)), 1e-9)
+    return taper_end(out / max(np.max(np.abs(out)), 1e-9), sample_rate)
 
 
 def harmonic_tone(frequency: np.ndarray, sample_rate: int, weights: tuple[float, ...] = (1.0, 0.3, 0.15)) -> np.ndarray:

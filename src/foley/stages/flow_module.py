@@ -182,7 +182,8 @@ class FlowModule(LightningModule):
 
     @staticmethod
     def _checked(name: str, features: Tensor | None, mask: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
-        if features is None:
+        if features is None or features.shape[1] == 0:
+            # e.g. a clip shorter than one CLIP frame: treat the modality as absent.
             return None, None
         if mask is None:
             mask = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)

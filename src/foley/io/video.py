@@ -21,7 +21,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
 
 __all__ = [
     "VideoError",
@@ -197,7 +197,7 @@ def _target_size(size: int | tuple[int, int]) -> tuple[int, int]:
 def resize_frames(frames: np.ndarray | torch.Tensor, size: int | tuple[int, int] | None, crop: CropMode = "center") -> torch.Tensor:
     """Resize uint8 frames ``(T, H, W, 3)`` to a model input size; returns uint8 ``(T, 3, h, w)``.
 
-    Bicubic with antialiasing, as torchvision's ``Resize`` on tensors.
+    Bicubic with antialiasing (torchvision's ``Resize`` on uint8 tensors).
 
     Args:
         frames: uint8 frames, channels last.
@@ -225,8 +225,8 @@ def resize_frames(frames: np.ndarray | torch.Tensor, size: int | tuple[int, int]
     else:
         raise ValueError(f"crop must be 'resize' or 'center', got {crop!r}")
     if (new_h, new_w) != (in_h, in_w):
-        resized = F.interpolate(video.float(), size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
-        video = resized.round_().clamp_(0, 255).to(torch.uint8)
+        # torchvision's uint8 kernel is ~15x faster than float interpolation on CPU.
+        video = TF.resize(video, [new_h, new_w], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
     if (new_h, new_w) != (out_h, out_w):
         top = int(round((new_h - out_h) / 2.0))
         left = int(round((new_w - out_w) / 2.0))

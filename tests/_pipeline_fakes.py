@@ -115,3 +115,28 @@ def panned_batch(
         "key": [f"pan-{seed}-{i}" for i in range(count)],
         "meta": [{} for _ in range(count)],
     }
+
+
+def tiny_pipeline(window_seconds: float = 8.0, overlap_seconds: float = 1.0):
+    """A FoleyPipeline of FakeFlow + a real (untrained, tiny) StereoModule on FakeCodec."""
+    from foley.models.mono2stereo import Mono2Stereo
+    from foley.pipeline import FoleyPipeline, PipelineSettings
+    from foley.stages.stereo_module import StereoModule
+
+    codec = FakeCodec()
+    stereo = StereoModule(Mono2Stereo(n_mels=32, hidden=8, layers=1, video_channels=4, video_size=16, video_columns=4), codec=codec)
+    settings = PipelineSettings(
+        window_seconds=window_seconds, overlap_seconds=overlap_seconds, clip_size=16, sync_size=16, window_batch=4
+    )
+    return FoleyPipeline(FakeFlow(), stereo, settings)
+
+
+def event_video(path, seconds: float, events: list[float], fps: float = 25.0, size: int = 32) -> None:
+    """A video whose brightness steps up at each event time (the only frame changes)."""
+    from foley.io.media import write_video
+
+    count = int(round(seconds * fps))
+    frames = np.zeros((count, size, size, 3), dtype=np.uint8)
+    for k, t in enumerate(sorted(events)):
+        frames[int(round(t * fps)) :] = min(255, 30 * (k + 1))
+    write_video(path, frames, fps)

@@ -15,7 +15,7 @@ import logging
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import av
 import numpy as np
@@ -227,30 +227,22 @@ def write_video(
     sample_rate: int | None = None,
     crf: int = 18,
     preset: str = "veryfast",
-    threads: int = 0,
-    gop_size: int | None = None,
-    pad_odd: bool = False,
-    audio_bitrate: int = 192_000,
+    **options: Any,
 ) -> None:
     """Write an H.264 (yuv420p) mp4 with optional AAC audio, atomically.
 
     Args:
-        path: Destination ``.mp4`` (``.mov``/``.mkv`` also work; the container is mp4-family).
+        path: Destination ``.mp4``.
         frames: uint8 RGB frames ``(T, H, W, 3)``.
         fps: Frame rate; frame ``i`` is timed at ``i / fps``.
         audio: Optional float32 audio ``(C, N)``.
         sample_rate: Sample rate of ``audio``.
         crf: x264 constant rate factor.
         preset: x264 speed preset.
-        threads: Encoder threads (0 = automatic).
-        gop_size: Keyframe interval in frames.
-        pad_odd: Pad odd sizes instead of raising.
-        audio_bitrate: AAC bit rate.
+        **options: Further keyword arguments of :func:`encode_video_bytes`
+            (``threads``, ``gop_size``, ``pad_odd``, ``audio_bitrate``).
     """
-    data = encode_video_bytes(
-        frames, fps, audio, sample_rate, crf=crf, preset=preset, threads=threads,
-        gop_size=gop_size, pad_odd=pad_odd, audio_bitrate=audio_bitrate,
-    )
+    data = encode_video_bytes(frames, fps, audio, sample_rate, crf=crf, preset=preset, **options)
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(data)
 

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from foley.models.layers import MLP, RMSNorm, SinusoidalEmbedding, joint_attention, layer_norm_fp32, modulate
+from foley.models.layers import MLP, RMSNorm, SinusoidalEmbedding, joint_attention, layer_norm, modulate
 
 
 def test_rms_norm_matches_formula_and_keeps_bf16_accurate():
@@ -25,15 +25,17 @@ def test_rms_norm_matches_formula_and_keeps_bf16_accurate():
     assert ((out.float() - exact).abs() / exact.abs().clamp_min(1e-3)).max() < 2**-7
 
 
-def test_layer_norm_fp32_and_modulate_match_formulas():
+def test_bf16_layer_norm_accumulates_in_float32_and_modulate_matches_formula():
+    # A large offset makes a bf16-accumulated variance useless; float32 statistics survive.
     x = (torch.randn(2, 7, 32) * 50 + 1000).bfloat16()
-    out = layer_norm_fp32(x)
-    assert out.dtype == torch.float32
+    out = layer_norm(x)
+    assert out.dtype == torch.bfloat16
     xf = x.double()
     expected = (xf - xf.mean(-1, keepdim=True)) / (xf.var(-1, unbiased=False, keepdim=True) + 1e-6).sqrt()
-    torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
+    assert (out.double() - expected).abs().max() < 2e-2  # bf16 output rounding of values up to ~3
     shift, scale = torch.randn(2, 1, 32), torch.randn(2, 1, 32)
-    torch.testing.assert_close(modulate(out, shift, scale), out * (1 + scale) + shift)
+    h = out.float()
+    torch.testing.assert_close(modulate(h, shift, 1 + scale), h * (1 + scale) + shift)
 
 
 def test_mlp_is_gelu_between_two_linears():

@@ -19,7 +19,8 @@ from torch import Tensor, nn
 
 __all__ = [
     "RMSNorm",
-    "layer_norm_fp32",
+    "rms_normalize",
+    "layer_norm",
     "modulate",
     "linear",
     "MLP",
@@ -37,6 +38,17 @@ def linear(layer: nn.Linear, x: Tensor) -> Tensor:
     return F.linear(x.to(layer.weight.dtype), layer.weight, layer.bias)
 
 
+def rms_normalize(x: Tensor, eps: float = 1e-6) -> Tensor:
+    """``x / rms(x)`` over the last dimension; the statistic is accumulated in float32.
+
+    One float32 reduction pass plus one multiply in ``x``'s dtype: several times
+    cheaper on CPU than ``F.rms_norm`` on bf16, and as accurate as bf16 storage allows.
+    """
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)
+    inverse_rms = torch.rsqrt(norm.square() / x.shape[-1] + eps)
+    return x * inverse_rms.to(x.dtype)
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square normalisation over the last dimension, statistics in float32.
 
@@ -52,18 +64,29 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim)) if elementwise_affine else None
 
     def forward(self, x: Tensor) -> Tensor:
-        weight = None if self.weight is None else self.weight.float()
-        return F.rms_norm(x.float(), (x.shape[-1],), weight, self.eps).to(x.dtype)
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)
+        scale = torch.rsqrt(norm.square() / x.shape[-1] + self.eps)
+        if self.weight is not None:
+            scale = scale * self.weight.float()
+        return (x * scale).to(x.dtype)  # one rounding of the float32 product
 
 
-def layer_norm_fp32(x: Tensor, eps: float = 1e-6) -> Tensor:
-    """Parameter-free LayerNorm over the last dimension, computed and returned in float32."""
-    return F.layer_norm(x.float(), (x.shape[-1],), eps=eps)
+def layer_norm(x: Tensor, eps: float = 1e-6) -> Tensor:
+    """Parameter-free LayerNorm over the last dimension in ``x``'s dtype.
+
+    PyTorch's CPU and CUDA kernels accumulate the mean and variance of bf16/fp16
+    inputs in float32, so no explicit upcast (an extra pass over memory) is needed.
+    """
+    return F.layer_norm(x, (x.shape[-1],), eps=eps)
 
 
-def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    """Adaptive-norm modulation ``x * (1 + scale) + shift`` (shift/scale broadcast over tokens)."""
-    return torch.addcmul(shift, x, 1 + scale)
+def modulate(x: Tensor, shift: Tensor, scale_plus_one: Tensor) -> Tensor:
+    """Adaptive-norm modulation ``x * scale_plus_one + shift`` in one fused pass.
+
+    Callers pass ``1 + scale`` (they fold the one into a small per-sample tensor, so the
+    per-token tensor is not rebuilt).
+    """
+    return torch.addcmul(shift, x, scale_plus_one)
 
 
 class MLP(nn.Module):

@@ -51,9 +51,10 @@ from foley.models.layers import (
     RMSNorm,
     SinusoidalEmbedding,
     joint_attention,
-    layer_norm_fp32,
+    layer_norm,
     linear,
     modulate,
+    rms_normalize,
 )
 from foley.models.rope import AlignedRoPE, apply_rope
 
@@ -97,8 +98,8 @@ class ConditionCache:
     """
 
     audio_length: int
-    clip_tokens: Tensor  # (B, Tc, hidden) float32, placeholders substituted
-    text_tokens: Tensor  # (B, Tt, hidden) float32
+    clip_tokens: Tensor  # (B, Tc, hidden) in the weights' dtype, placeholders substituted
+    text_tokens: Tensor  # (B, Tt, hidden)
     audio_mask: Tensor | None  # (B, Ta) bool
     joint_mask: Tensor | None  # (B, Ta + Tc + Tt) bool
     audio_cos: Tensor  # (Ta, head_dim) float32
@@ -106,7 +107,7 @@ class ConditionCache:
     clip_cos: Tensor  # (Tc, head_dim) float32
     clip_sin: Tensor
     global_cond: Tensor  # (B, hidden) float32, everything but the time embedding
-    sync_modulation: list[Tensor]  # per audio-stream block + final layer: (B, Ta, k*hidden)
+    sync_modulation: list[Tensor]  # per audio-stream block + final layer: (B, Ta, k*hidden), weights' dtype
 
     @property
     def batch_size(self) -> int:
@@ -182,24 +183,38 @@ class _StreamLayers(nn.Module):
             self.out = nn.Linear(dim, dim)
             self.mlp = MLP(dim, int(dim * mlp_ratio))
 
-    def pre_attention(self, x: Tensor, mod: list[Tensor], cos: Tensor | None, sin: Tensor | None
+    def modulations(self, cond: Tensor, per_token: Tensor | None = None) -> list[Tensor]:
+        """Shift, 1 + scale and gate tensors (B, 1 or T, dim) from the global condition.
+
+        The one of ``1 + scale`` is added to the small per-sample tensor before the
+        per-token sync part is added, so no per-token tensor is rebuilt for it.
+        """
+        mod = linear(self.modulation, cond)[:, None]
+        dim = mod.shape[-1] // self.num_modulations
+        ones = torch.zeros(self.num_modulations, dim, dtype=mod.dtype, device=mod.device)
+        ones[1::3] = 1  # scale slots: (shift, scale, gate) per sub-layer
+        mod = mod + ones.flatten()
+        if per_token is not None:
+            mod = mod + per_token
+        return list(mod.chunk(self.num_modulations, dim=-1))
+
+    def pre_attention(self, x: Tensor, mod: list[Tensor], rope: tuple[Tensor, Tensor] | None
                       ) -> tuple[Tensor, Tensor, Tensor]:
-        """Returns q, k, v (B, heads, T, head_dim) in the weights' dtype."""
+        """Returns q, k, v (B, heads, T, head_dim) in the weights' (or autocast) dtype."""
         b, t, d = x.shape
-        h = modulate(layer_norm_fp32(x), mod[0], mod[1])
+        h = modulate(layer_norm(x), mod[0], mod[1])
         qkv = linear(self.qkv, h).view(b, t, 3, self.num_heads, d // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        dtype = v.dtype
-        q = F.rms_norm(q.float(), (q.shape[-1],), self.q_norm.weight.float(), self.q_norm.eps)
-        k = F.rms_norm(k.float(), (k.shape[-1],), self.k_norm.weight.float(), self.k_norm.eps)
-        if cos is not None:
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        return q.to(dtype), k.to(dtype), v
+        q, k = rms_normalize(q, self.q_norm.eps), rms_normalize(k, self.k_norm.eps)
+        if rope is None:
+            return q * self.q_norm.weight.to(q.dtype), k * self.k_norm.weight.to(k.dtype), v
+        cos, sin = rope
+        return (apply_rope(q, cos, sin, self.q_norm.weight), apply_rope(k, cos, sin, self.k_norm.weight), v)
 
     def post_attention(self, x: Tensor, attended: Tensor, mod: list[Tensor]) -> Tensor:
-        """Residual updates of attention output and MLP (float32 residual stream)."""
+        """Gated residual updates with the attention output and the MLP."""
         x = torch.addcmul(x, mod[2], linear(self.out, attended))
-        h = modulate(layer_norm_fp32(x), mod[3], mod[4])
+        h = modulate(layer_norm(x), mod[3], mod[4])
         return torch.addcmul(x, mod[5], self.mlp(h))
 
 
@@ -214,12 +229,12 @@ class _JointBlock(nn.Module):
 
     def forward(self, audio: Tensor, clip: Tensor, text: Tensor, cond: Tensor, sync_mod: Tensor,
                 cache: ConditionCache) -> tuple[Tensor, Tensor, Tensor]:
-        audio_mod = (linear(self.audio.modulation, cond)[:, None].float() + sync_mod).chunk(6, dim=-1)
-        clip_mod = linear(self.clip.modulation, cond)[:, None].float().chunk(self.clip.num_modulations, -1)
-        text_mod = linear(self.text.modulation, cond)[:, None].float().chunk(self.text.num_modulations, -1)
-        qa, ka, va = self.audio.pre_attention(audio, audio_mod, cache.audio_cos, cache.audio_sin)
-        qc, kc, vc = self.clip.pre_attention(clip, clip_mod, cache.clip_cos, cache.clip_sin)
-        qt, kt, vt = self.text.pre_attention(text, text_mod, None, None)
+        audio_mod = self.audio.modulations(cond, sync_mod)
+        clip_mod = self.clip.modulations(cond)
+        text_mod = self.text.modulations(cond)
+        qa, ka, va = self.audio.pre_attention(audio, audio_mod, (cache.audio_cos, cache.audio_sin))
+        qc, kc, vc = self.clip.pre_attention(clip, clip_mod, (cache.clip_cos, cache.clip_sin))
+        qt, kt, vt = self.text.pre_attention(text, text_mod, None)
         attended = joint_attention(torch.cat([qa, qc, qt], dim=2), torch.cat([ka, kc, kt], dim=2),
                                    torch.cat([va, vc, vt], dim=2), cache.joint_mask)
         ta, tc = audio.shape[1], clip.shape[1]
@@ -238,8 +253,8 @@ class _AudioBlock(nn.Module):
         self.audio = _StreamLayers(dim, num_heads, mlp_ratio)
 
     def forward(self, audio: Tensor, cond: Tensor, sync_mod: Tensor, cache: ConditionCache) -> Tensor:
-        mod = (linear(self.audio.modulation, cond)[:, None].float() + sync_mod).chunk(6, dim=-1)
-        q, k, v = self.audio.pre_attention(audio, mod, cache.audio_cos, cache.audio_sin)
+        mod = self.audio.modulations(cond, sync_mod)
+        q, k, v = self.audio.pre_attention(audio, mod, (cache.audio_cos, cache.audio_sin))
         return self.audio.post_attention(audio, joint_attention(q, k, v, cache.audio_mask), mod)
 
 
@@ -350,15 +365,15 @@ class MMDiT(nn.Module):
                       ) -> tuple[Tensor, Tensor]:
         """Projects a CLIP/text stream; absent or dropped -> one placeholder token."""
         if tokens is None:
-            hidden = placeholder.float().expand(batch, 1, -1)
+            hidden = placeholder.expand(batch, 1, -1)
             return hidden, torch.ones(batch, 1, dtype=torch.bool, device=device)
-        hidden = linear(projection, tokens).float()
+        hidden = linear(projection, tokens).to(placeholder.dtype)
         if mask is None:
             mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=device)
         first_only = torch.zeros_like(mask)
         first_only[:, 0] = True
         drop = torch.zeros(batch, dtype=torch.bool, device=device) if drop is None else drop.to(device)
-        hidden = torch.where(drop[:, None, None], placeholder.float(), hidden)
+        hidden = torch.where(drop[:, None, None], placeholder, hidden)
         mask = torch.where(drop[:, None], first_only, mask.bool())
         return hidden, mask
 
@@ -393,8 +408,8 @@ class MMDiT(nn.Module):
                                             self.text_placeholder, batch, device)
 
         def masked_mean(hidden: Tensor, mask: Tensor) -> Tensor:
-            weights = mask.to(hidden.dtype)[..., None]
-            return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+            weights = mask.float()[..., None]
+            return (hidden.float() * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
         global_cond = (linear(self.clip_pool, masked_mean(clip_h, clip_m)).float()
                        + linear(self.text_pool, masked_mean(text_h, text_m)).float()
@@ -405,20 +420,20 @@ class MMDiT(nn.Module):
         # audio latent instants, then one linear map per audio-stream block.
         audio_times = torch.arange(audio_length, device=device, dtype=torch.float64) / self.latent_rate
         if sync is None:
-            sync_h = self.sync_placeholder.float().expand(batch, 1, -1)
+            sync_h = self.sync_placeholder.expand(batch, 1, -1)
             sync_len = torch.ones(batch, dtype=torch.long, device=device)
         else:
-            sync_h = linear(self.sync_in, sync).float()
-            if drop_sync is not None:
-                sync_h = torch.where(drop_sync.to(device)[:, None, None], self.sync_placeholder.float(), sync_h)
-            else:  # keeps the placeholder in the graph for DDP
-                sync_h = sync_h + 0.0 * self.sync_placeholder.float()
+            sync_h = linear(self.sync_in, sync).to(self.sync_placeholder.dtype)
+            if drop_sync is None:  # still routed through where() to keep the placeholder in the graph (DDP)
+                drop_sync = torch.zeros(batch, dtype=torch.bool, device=device)
+            sync_h = torch.where(drop_sync.to(device)[:, None, None], self.sync_placeholder, sync_h)
             sync_len = (sync_mask.sum(1) if sync_mask is not None
                         else torch.full((batch,), sync.shape[1], dtype=torch.long, device=device))
         sync_at_audio = resample_to_times(sync_h, sync_len, self.sync_rate, audio_times)
         sync_embedding = F.silu(self.sync_mlp(sync_at_audio))
-        sync_modulation = [linear(layer, sync_embedding) for layer in self.sync_modulation]
-        sync_modulation.append(linear(self.final_sync_modulation, sync_embedding))
+        dtype = self.sync_placeholder.dtype
+        sync_modulation = [linear(layer, sync_embedding).to(dtype) for layer in self.sync_modulation]
+        sync_modulation.append(linear(self.final_sync_modulation, sync_embedding).to(dtype))
 
         if audio_mask is None:
             audio_mask = torch.ones(batch, audio_length, dtype=torch.bool, device=device)
@@ -440,16 +455,17 @@ class MMDiT(nn.Module):
             raise ValueError(f"x has shape {tuple(x.shape)} but the conditions were prepared for "
                              f"batch {cache.batch_size} and {cache.audio_length} latent frames")
         cond = F.silu(self.time_embed(t).float() + cache.global_cond)
-        audio = linear(self.audio_in, x).float()
+        # Residual streams live in the weights' dtype: float32 for training (also under
+        # autocast), bf16 for a model cast with .to(torch.bfloat16).
+        audio = linear(self.audio_in, x).to(self.audio_in.weight.dtype)
         clip, text = cache.clip_tokens, cache.text_tokens
         for i, block in enumerate(self.joint_blocks):
             audio, clip, text = block(audio, clip, text, cond, cache.sync_modulation[i], cache)
         offset = len(self.joint_blocks)
         for i, block in enumerate(self.audio_blocks):
             audio = block(audio, cond, cache.sync_modulation[offset + i], cache)
-        shift, scale = (linear(self.final_modulation, cond)[:, None].float()
-                        + cache.sync_modulation[-1]).chunk(2, dim=-1)
-        return linear(self.final_out, modulate(layer_norm_fp32(audio), shift, scale)).to(x.dtype)
+        shift, scale = (linear(self.final_modulation, cond)[:, None] + cache.sync_modulation[-1]).chunk(2, dim=-1)
+        return linear(self.final_out, modulate(layer_norm(audio), shift, 1 + scale)).to(x.dtype)
 
     def forward(self, x: Tensor, t: Tensor, *, seconds_start: Tensor, seconds_total: Tensor,
                 clip: Tensor | None = None, clip_mask: Tensor | None = None,

@@ -13,8 +13,8 @@ Text tokens carry no time and are not rotated (equivalent to position 0); they a
 handled by the caller simply by not applying the rotation.
 
 Angles are computed in float64 (once per generation; float32 angles drift by 1e-3 rad
-after ~10k positions and bf16 ones after a few hundred) and the rotation is applied in
-float32, whatever the dtype of the queries and keys.
+after ~10k positions and bf16 ones after a few hundred) and the rotation uses
+float32 tables cast to the dtype of the queries and keys.
 """
 from __future__ import annotations
 
@@ -80,12 +80,20 @@ class AlignedRoPE:
         return cos.to(device), sin.to(device)
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, weight: Tensor | None = None) -> Tensor:
     """Rotates pairs ``(x[j], x[j + D/2])`` of ``x`` (..., T, D) by the tabulated angles.
 
-    Computes in float32 and returns float32; the caller casts back.
+    Args:
+        x: queries or keys; the result has the same dtype.
+        cos, sin: tables from :class:`AlignedRoPE` (float32); they are cast to ``x``'s
+            dtype, which in bf16 costs the same relative error as storing ``x`` in bf16.
+        weight: optional per-channel gain (an RMSNorm weight) applied before the
+            rotation; it is folded into the small tables instead of scaling ``x``.
     """
-    x = x.float()
+    if weight is not None:
+        half = weight.shape[-1] // 2
+        cos = cos * weight.float()
+        sin = sin * torch.cat([weight[half:], weight[:half]]).float()
     half = x.shape[-1] // 2
     swapped = torch.cat([x[..., half:], x[..., :half]], dim=-1)
-    return torch.addcmul(x * cos, swapped, sin)
+    return torch.addcmul(x * cos.to(x.dtype), swapped, sin.to(x.dtype))

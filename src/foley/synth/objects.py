@@ -509,8 +509,10 @@ class Rain(SceneObject):
         super().__init__(object_id, rng, timeline, region)
         self.color_name = "grey"
         frames = timeline.num_frames
-        self.start = 0 if rng.random() < 0.5 else max(1, timeline.frames(rng.uniform(0.3, 0.4 * timeline.seconds)))
-        self.stop = frames if rng.random() < 0.5 else min(frames, self.start + max(3, timeline.frames(rng.uniform(2.0, timeline.seconds))))
+        late_start = rng.random() >= 0.5 and timeline.seconds > 1.0
+        self.start = max(1, timeline.frames(rng.uniform(0.3, max(0.3, 0.4 * timeline.seconds)))) if late_start else 0
+        early_stop = rng.random() >= 0.5 and timeline.seconds > 2.0
+        self.stop = min(frames, self.start + max(3, timeline.frames(rng.uniform(2.0, timeline.seconds)))) if early_stop else frames
         self.rate = float(rng.uniform(30, 120))  # landings per second at full intensity
         period, offset = rng.uniform(3, 8), rng.uniform(0, 2 * np.pi)
         onset, offset_t = timeline.time_of(self.start), timeline.time_of(self.stop)

@@ -351,6 +351,8 @@ class FoleyDataModule(LightningDataModule):
             data); keeps batch counts equal on every DDP rank. ``None``: one pass.
         decode_threads: decord threads per video decode.
         pin_memory: DataLoader ``pin_memory``.
+        persistent_workers: Keep worker processes between epochs (saves their start-up
+            time; crops still differ per epoch).
     """
 
     def __init__(
@@ -376,6 +378,7 @@ class FoleyDataModule(LightningDataModule):
         samples_per_epoch: int | None = None,
         decode_threads: int = 1,
         pin_memory: bool = False,
+        persistent_workers: bool = True,
     ) -> None:
         super().__init__()
         if clip_seconds <= 0:
@@ -400,6 +403,7 @@ class FoleyDataModule(LightningDataModule):
         self.samples_per_epoch = samples_per_epoch
         self.decode_threads = decode_threads
         self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
         self._skipped: SkipCounter | None = None
 
     @property
@@ -413,14 +417,12 @@ class FoleyDataModule(LightningDataModule):
         return self._skipped
 
     def _rank_info(self) -> tuple[int | None, int | None]:
-        trainer = getattr(self, "_trainer", None)
-        if trainer is None:
+        if self.trainer is None:
             return None, None
-        return trainer.global_rank, trainer.world_size
+        return self.trainer.global_rank, self.trainer.world_size
 
     def _epoch(self) -> int | None:
-        trainer = getattr(self, "_trainer", None)
-        return None if trainer is None else int(trainer.current_epoch)
+        return None if self.trainer is None else int(self.trainer.current_epoch)
 
     def dataset(self, split: Split) -> ShardStream:
         """Build the example stream of one split (also usable without a Trainer)."""
@@ -438,6 +440,12 @@ class FoleyDataModule(LightningDataModule):
             "decode_threads": self.decode_threads,
         }
         rank, world = self._rank_info()
+        if train and world is not None and world > 1 and self.samples_per_epoch is None:
+            log.warning(
+                "FoleyDataModule: training on %d ranks without samples_per_epoch; ranks may get different "
+                "numbers of batches (and DDP can hang at the end of an epoch). Set samples_per_epoch.",
+                world,
+            )
         return ShardStream(
             resolve_shards(spec),
             pattern,
@@ -459,7 +467,7 @@ class FoleyDataModule(LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=collate_examples,
             pin_memory=self.pin_memory,
-            persistent_workers=False,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
         )
         if split == "train":
             loader.epoch_source = self._epoch

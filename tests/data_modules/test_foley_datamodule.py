@@ -154,6 +154,11 @@ def test_workers_see_every_sample_once(dataset, num_workers):
     for loader in (dm.val_dataloader(), dm.train_dataloader()):
         keys = sorted(k for b in loader for k in b["key"])
         assert keys == ["c0", "c1", "c2", "ntsc"]
+    # Persistent workers: each epoch sees every sample once, with new crops.
+    loader = dm.train_dataloader()
+    epochs = [{b["key"][0]: float(b["seconds_start"][0]) for b in loader} for _ in range(2)]
+    assert sorted(epochs[0]) == sorted(epochs[1]) == ["c0", "c1", "c2", "ntsc"]
+    assert epochs[0] != epochs[1]
 
 
 def test_ranks_partition_the_validation_set(dataset):

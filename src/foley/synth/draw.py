@@ -78,6 +78,8 @@ class Canvas:
         A shape that moves a lot (a bouncing ball) gets a small per-frame window that
         follows it; a shape that stays put gets one shared box, indexed as a view.
         """
+        if len(frames) == 0:
+            return None
         rows, cols = self._span(y_low, y_high), self._span(x_low, x_high)
         if rows.start == rows.stop or cols.start == cols.stop:
             return None
@@ -93,10 +95,19 @@ class Canvas:
         index = (frames[:, None, None], row_index[:, :, None], col_index[:, None, :])
         return index, self.coords[col_index], self.coords[row_index]
 
-    def _blend(self, index: tuple, coverage: np.ndarray, color: np.ndarray) -> None:
+    def _params(self, frames: np.ndarray | None, *values: np.ndarray | float) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The frames to draw on and every parameter as a per-frame array over them."""
+        chosen = self._frames(frames)
+        return chosen, [self._per_frame(v, chosen) for v in values]
+
+    def _apply(self, index: tuple, weight: np.ndarray, color: np.ndarray, additive: bool = False) -> None:
+        """Blend ``color`` with per-pixel ``weight`` (coverage), or add ``weight * color`` (light)."""
         region = self.rgb[index]
-        region += coverage[..., None] * (color - region)
-        if not all(isinstance(i, slice) for i in index):
+        if additive:
+            region += weight[..., None] * color
+        else:
+            region += weight[..., None] * (color - region)
+        if not all(isinstance(i, slice) for i in index):  # fancy indexing gave a copy
             self.rgb[index] = region
 
     # -- primitives --------------------------------------------------------------
@@ -125,10 +136,7 @@ class Canvas:
         frames: np.ndarray | None = None,
     ) -> None:
         """Filled ellipse with centre (cx, cy) and radii (rx, ry)."""
-        frames = self._frames(frames)
-        if len(frames) == 0:
-            return
-        cx, cy, rx, ry, alpha = (self._per_frame(v, frames) for v in (cx, cy, rx, ry, alpha))
+        frames, (cx, cy, rx, ry, alpha) = self._params(frames, cx, cy, rx, ry, alpha)
         found = self._region(frames, cx - rx, cx + rx, cy - ry, cy + ry)
         if found is None:
             return
@@ -138,7 +146,7 @@ class Canvas:
         distance = np.sqrt(dx * dx + dy * dy)
         edge = (np.minimum(rx, ry) * self.size)[:, None, None]
         coverage = np.clip((1.0 - distance) * edge + 0.5, 0.0, 1.0) * alpha[:, None, None]
-        self._blend(index, coverage, self._color(color, frames))
+        self._apply(index, coverage, self._color(color, frames))
 
     def rect(
         self,
@@ -151,10 +159,7 @@ class Canvas:
         frames: np.ndarray | None = None,
     ) -> None:
         """Filled axis-aligned rectangle [x0, x1] x [y0, y1]."""
-        frames = self._frames(frames)
-        if len(frames) == 0:
-            return
-        x0, x1, y0, y1, alpha = (self._per_frame(v, frames) for v in (x0, x1, y0, y1, alpha))
+        frames, (x0, x1, y0, y1, alpha) = self._params(frames, x0, x1, y0, y1, alpha)
         found = self._region(frames, x0, x1, y0, y1)
         if found is None:
             return
@@ -162,7 +167,7 @@ class Canvas:
         cover_x = np.clip(np.minimum(xs - x0[:, None], x1[:, None] - xs) * self.size + 0.5, 0.0, 1.0)
         cover_y = np.clip(np.minimum(ys - y0[:, None], y1[:, None] - ys) * self.size + 0.5, 0.0, 1.0)
         coverage = cover_y[:, :, None] * cover_x[:, None, :] * alpha[:, None, None]
-        self._blend(index, coverage, self._color(color, frames))
+        self._apply(index, coverage, self._color(color, frames))
 
     def glow(
         self,
@@ -174,10 +179,7 @@ class Canvas:
         frames: np.ndarray | None = None,
     ) -> None:
         """Additive Gaussian light, cut at 3 sigma (separable, so cheap even when large)."""
-        frames = self._frames(frames)
-        if len(frames) == 0:
-            return
-        cx, cy, sigma, strength = (self._per_frame(v, frames) for v in (cx, cy, sigma, strength))
+        frames, (cx, cy, sigma, strength) = self._params(frames, cx, cy, sigma, strength)
         reach = 3.0 * sigma
         found = self._region(frames, cx - reach, cx + reach, cy - reach, cy + reach)
         if found is None:
@@ -185,11 +187,8 @@ class Canvas:
         index, xs, ys = found
         gx = np.exp(-0.5 * ((xs - cx[:, None]) / sigma[:, None]) ** 2)
         gy = np.exp(-0.5 * ((ys - cy[:, None]) / sigma[:, None]) ** 2)
-        light = (gy[:, :, None] * gx[:, None, :] * strength[:, None, None])[..., None] * self._color(color, frames)
-        region = self.rgb[index]
-        region += light
-        if not all(isinstance(i, slice) for i in index):
-            self.rgb[index] = region
+        light = gy[:, :, None] * gx[:, None, :] * strength[:, None, None]
+        self._apply(index, light, self._color(color, frames), additive=True)
 
     def segment(
         self,
@@ -202,10 +201,7 @@ class Canvas:
         frames: np.ndarray | None = None,
     ) -> None:
         """Thick line segment from A to B with round caps."""
-        frames = self._frames(frames)
-        if len(frames) == 0:
-            return
-        ax, ay, bx, by = (self._per_frame(v, frames) for v in (ax, ay, bx, by))
+        frames, (ax, ay, bx, by) = self._params(frames, ax, ay, bx, by)
         half = width / 2
         found = self._region(frames, np.minimum(ax, bx) - half, np.maximum(ax, bx) + half,
                              np.minimum(ay, by) - half, np.maximum(ay, by) + half)
@@ -218,7 +214,7 @@ class Canvas:
         t = np.clip((px * vx + py * vy) / np.maximum(vx * vx + vy * vy, 1e-9), 0.0, 1.0)
         distance = np.sqrt((px - t * vx) ** 2 + (py - t * vy) ** 2)
         coverage = np.clip((half - distance) * self.size + 0.5, 0.0, 1.0)
-        self._blend(index, coverage, self._color(color, frames))
+        self._apply(index, coverage, self._color(color, frames))
 
     def dots(self, frame: np.ndarray, y: np.ndarray, x: np.ndarray, color: Color, alpha: np.ndarray | float = 1.0) -> None:
         """Blend single pixels at (frame, y, x) positions (coverage accumulates, capped at 1)."""

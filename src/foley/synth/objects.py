@@ -383,8 +383,12 @@ class Lamp(SceneObject):
             sound.place_panned(out, first, level * tone * envelope, self.x)
 
     def phrase(self) -> str:
-        glides = any(iv[2] != iv[3] for iv in self.intervals)
-        return f"a lamp glows {self.color_name} and hums" + (", changing colour" if glides else "")
+        names = list(dict.fromkeys(hue_name(hue) for iv in self.intervals for hue in (iv[2], iv[3])))
+        if len(names) <= 1:
+            return f"a lamp glows {self.color_name} and hums"
+        shown = names[:3]
+        listing = ", ".join(shown[:-1]) + f" and {shown[-1]}"
+        return f"a lamp glows {listing} in turn and hums"
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "size": round(self.bulb, 4), "x": round(self.x, 4), "y": round(self.bulb_y, 4)}
@@ -563,7 +567,10 @@ class Rain(SceneObject):
             streak = max(2, round(0.05 * canvas.size))
             steps = np.arange(streak) / canvas.size
             ys = (y[:, None] - steps[None, :]).ravel()
-            canvas.dots(np.repeat(frame, streak), ys, np.repeat(self.drop_x[drop], streak), (0.75, 0.85, 1.0), alpha=0.85)
+            # Drops about 1/64 of the frame wide, so they survive downsampling to 32 px.
+            for column in range(max(1, round(canvas.size / 64))):
+                xs = np.repeat(self.drop_x[drop] + column / canvas.size, streak)
+                canvas.dots(np.repeat(frame, streak), ys, xs, (0.75, 0.85, 1.0), alpha=0.85)
         splash = np.floor(self.landing * self.timeline.fps + 1e-9).astype(np.int64)
         for dx in (-1.5, 0.0, 1.5):
             canvas.dots(splash, self.drop_floor - 0.5 / canvas.size, self.drop_x + dx / canvas.size, (0.9, 0.95, 1.0), alpha=0.9)

@@ -23,3 +23,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def synth_shards(tmp_path_factory) -> dict[str, str]:
+    """Tiny synthetic-world shards shared by the whole suite: train and a held-out val split."""
+    from foley.synth.world import synth
+
+    root = tmp_path_factory.mktemp("synth")
+    train = synth(out=root / "train", clips=6, seconds=2.0, seed=1, fps=25.0, size=64, shard_size=3)
+    val = synth(out=root / "val", clips=2, seconds=2.0, seed=2, fps=25.0, size=64, shard_size=2)
+    return {"train": str(train), "val": str(val)}

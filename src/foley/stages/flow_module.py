@@ -235,12 +235,20 @@ class FlowModule(LightningModule):
         return flags
 
     def _check_crop(self, batch: Mapping[str, Any]) -> None:
-        if "latent" in batch and "seconds_start" in batch and bool((batch["seconds_start"] > 0).any()):
-            raise ValueError(
-                "precomputed features cover whole extracted clips, but the DataModule cropped them "
-                f"(seconds_start {batch['seconds_start'].tolist()}); read feature shards with clip_seconds "
-                "at least as long as the extracted clips (and load_video: false)"
-            )
+        """Precomputed features cover whole extracted clips; the audio crop must be that clip."""
+        if "latent" not in batch:
+            return
+        starts = batch["seconds_start"].tolist()
+        totals = batch["seconds_total"].tolist()
+        metas = batch.get("meta") or [{}] * len(totals)
+        for key, start, total, meta in zip(batch.get("key", [""] * len(totals)), starts, totals, metas):
+            extracted = (meta or {}).get("extracted", {}).get("seconds", total)
+            if start > 0 or abs(extracted - total) > 1e-3:
+                raise ValueError(
+                    f"sample {key!r}: precomputed features cover the whole extracted clip ({extracted:.3f} s) "
+                    f"but the DataModule cropped {total:.3f} s from {start:.3f} s; read feature shards with "
+                    "clip_seconds at least as long as the extracted clips, min_seconds: null and load_video: false"
+                )
 
     # ------------------------------------------------------------------ training
     def loss(self, batch: Mapping[str, Any], network: nn.Module | None = None, dropout: float | None = None,

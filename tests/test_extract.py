@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import json
+import tarfile
+
+import pytest
+import torch
+
+from foley.extract import done_keys, extract
+from foley.models.bigvgan import BigVGAN
+from foley.models.codec import Codec
+from foley.models.mel import LogMelSpectrogram
+from foley.models.mel_vae import MelVAE
+
+CONFIG = "configs/tiny/stage2.yaml"
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict:
+    from foley.synth.world import synth
+
+    root = tmp_path_factory.mktemp("extract")
+    torch.manual_seed(0)
+    mel = LogMelSpectrogram(n_mels=16)
+    vae = MelVAE(n_mels=16, latent_channels=40, hidden_channels=16, encoder_layers=2, decoder_layers=2)
+    vocoder = BigVGAN(num_mels=16, upsample_rates=(8, 8, 8), upsample_kernel_sizes=(16, 16, 16),
+                      upsample_initial_channel=16, resblock_kernel_sizes=(3,), resblock_dilation_sizes=((1,),))
+    codec = root / "codec.pt"
+    Codec(vae, vocoder, mel).save(codec)
+    shards = synth(root / "shards", clips=3, seconds=1.0, size=32, shard_size=2, categories=["drum", "bouncing_ball"])
+    return {"root": root, "codec": str(codec), "shards": str(shards)}
+
+
+def run_extract(inputs: dict, out, **kwargs):
+    return extract(CONFIG, inputs["shards"], out, codec_checkpoint=inputs["codec"], batch_size=2, num_workers=0,
+                   accelerator="cpu", devices=1, shard_size=2, dtype="float32", **kwargs)
+
+
+def feature_shard_keys(out) -> list[str]:
+    keys = []
+    for path in sorted(out.glob("features-*.tar")):
+        with tarfile.open(path) as tar:
+            keys += sorted({name.partition(".")[0] for name in tar.getnames()})
+    return keys
+
+
+def test_extract_round_trip_matches_online_features(inputs):
+    from foley.cli import FoleyCLI
+    from foley.data_modules import FoleyDataModule
+
+    out = inputs["root"] / "features"
+    run_extract(inputs, out)
+    index = json.loads((out / "index.json").read_text())
+    assert index["total"] == 3 and sorted(feature_shard_keys(out)) == sorted(done_keys(out))
+
+    cli = FoleyCLI(args=["--config", CONFIG, f"--model.init_args.codec_checkpoint={inputs['codec']}",
+                         "--trainer.logger=false"], run=False)
+    module = cli.model
+    raw = FoleyDataModule(val_shards=inputs["shards"], clip_seconds=1.0, clip_size=32, sync_size=32,
+                          batch_size=3, num_workers=0)
+    features = FoleyDataModule(val_shards=str(out), clip_seconds=1.0, batch_size=3, num_workers=0, load_video=False)
+    raw_batch = next(iter(raw.val_dataloader()))
+    feature_batch = next(iter(features.val_dataloader()))
+    order = [feature_batch["key"].index(k) for k in raw_batch["key"]]
+    pick = lambda name: feature_batch[name][order]  # noqa: E731
+
+    torch.testing.assert_close(pick("audio"), raw_batch["audio"], atol=1e-6, rtol=0)  # 24-bit FLAC
+    latent, _ = module.encode_latents(raw_batch)
+    torch.testing.assert_close(pick("latent").float(), latent, atol=1e-5, rtol=1e-5)
+    assert pick("latent_std").min() > 0
+    online = module.encode_conditions(raw_batch)
+    for name in ("clip", "sync", "text"):
+        torch.testing.assert_close(pick(f"{name}_features").float(), online[name], atol=1e-5, rtol=1e-5)
+        assert torch.equal(pick(f"{name}_features_mask"), online[f"{name}_mask"])
+    # The FlowModule takes the precomputed members instead of running the frozen models.
+    generator = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    shuffled = {k: (v[order] if isinstance(v, torch.Tensor) else [v[i] for i in order] if isinstance(v, list) else v)
+                for k, v in feature_batch.items()}
+    torch.testing.assert_close(module.loss(shuffled, generator=generator()), module.loss(raw_batch, generator=generator()),
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_extract_resumes_and_overwrites(inputs):
+    out = inputs["root"] / "resume"
+    run_extract(inputs, out)
+    first = sorted(feature_shard_keys(out))
+    shard_files = sorted(out.glob("features-*.tar"))
+    assert len(shard_files) == 2  # shard_size 2, 3 samples
+    # Nothing left to do: no new shards.
+    run_extract(inputs, out)
+    assert sorted(out.glob("features-*.tar")) == shard_files
+    # Lose one completed shard: only its samples are extracted again.
+    shard_files[0].unlink()
+    run_extract(inputs, out)
+    assert sorted(feature_shard_keys(out)) == first
+    assert json.loads((out / "index.json").read_text())["total"] == 3
+    run_extract(inputs, out, overwrite=True)
+    assert sorted(feature_shard_keys(out)) == first
+    assert len(list(out.glob("features-*.tar"))) == 2

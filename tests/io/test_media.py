@@ -127,3 +127,17 @@ def test_audio_encode_clips_and_validates(caplog: pytest.LogCaptureFixture) -> N
         write_audio("x.mp3", np.zeros((1, 10), np.float32), SR)
     with pytest.raises(MediaError, match="cannot read"):
         read_audio(b"garbage")
+
+
+@pytest.mark.parametrize("suffix", [".mov", ".mkv"])
+def test_container_follows_suffix(tmp_path: Path, suffix: str) -> None:
+    import av
+
+    path = tmp_path / f"clip{suffix}"
+    write_video(path, _moving_square(10), 25)
+    with av.open(str(path)) as container:
+        assert ("matroska" in container.format.name) == (suffix == ".mkv")
+        assert container.streams.video[0].frames in (0, 10)  # matroska does not store a count
+    assert len(decord.VideoReader(str(path))) == 10
+    with pytest.raises(MediaError, match="suffix"):
+        write_video(tmp_path / "clip.avi", _moving_square(2), 25)

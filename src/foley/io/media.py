@@ -39,6 +39,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _AUDIO_FORMATS = {".flac": "FLAC", ".wav": "WAV"}
+_VIDEO_CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
 _AUDIO_CHUNK = 1024  # AAC frame size; chunks of this size avoid re-buffering inside PyAV
 
 
@@ -125,9 +126,9 @@ def _mux_video(
     threads: int,
     gop_size: int | None,
     audio_bitrate: int,
+    container_format: str,
 ) -> None:
-    options = {"format": "mp4"}
-    with av.open(target, mode="w", **options) as container:
+    with av.open(target, mode="w", format=container_format) as container:
         video = container.add_stream("libx264", rate=fps)
         video.width = frames.shape[2]
         video.height = frames.shape[1]
@@ -189,6 +190,7 @@ def encode_video_bytes(
     gop_size: int | None = None,
     pad_odd: bool = False,
     audio_bitrate: int = 192_000,
+    container_format: str = "mp4",
 ) -> bytes:
     """Encode frames (and optional audio) to an in-memory H.264/AAC mp4.
 
@@ -203,9 +205,10 @@ def encode_video_bytes(
         gop_size: Keyframe interval in frames (None keeps the x264 default).
         pad_odd: Pad odd heights/widths by repeating the last row/column instead of failing.
         audio_bitrate: AAC bit rate in bits per second.
+        container_format: FFmpeg muxer name (``mp4``, ``mov``, ``matroska``).
 
     Returns:
-        The mp4 file content.
+        The file content.
     """
     rate = as_fraction(fps)
     frames = _check_frames(frames, pad_odd)
@@ -215,7 +218,7 @@ def encode_video_bytes(
         audio = _check_wave(audio, "video audio track")
         audio = np.clip(audio, -1.0, 1.0)
     buffer = io.BytesIO()
-    _mux_video(buffer, frames, rate, audio, sample_rate, crf, preset, threads, gop_size, audio_bitrate)
+    _mux_video(buffer, frames, rate, audio, sample_rate, crf, preset, threads, gop_size, audio_bitrate, container_format)
     return buffer.getvalue()
 
 
@@ -232,7 +235,7 @@ def write_video(
     """Write an H.264 (yuv420p) mp4 with optional AAC audio, atomically.
 
     Args:
-        path: Destination ``.mp4``.
+        path: Destination; the container follows the suffix (``.mp4``, ``.m4v``, ``.mov``, ``.mkv``).
         frames: uint8 RGB frames ``(T, H, W, 3)``.
         fps: Frame rate; frame ``i`` is timed at ``i / fps``.
         audio: Optional float32 audio ``(C, N)``.
@@ -242,7 +245,10 @@ def write_video(
         **options: Further keyword arguments of :func:`encode_video_bytes`
             (``threads``, ``gop_size``, ``pad_odd``, ``audio_bitrate``).
     """
-    data = encode_video_bytes(frames, fps, audio, sample_rate, crf=crf, preset=preset, **options)
+    suffix = Path(path).suffix.lower()
+    if suffix not in _VIDEO_CONTAINERS:
+        raise MediaError(f"{path}: cannot infer the video container from suffix {suffix!r}; use one of {', '.join(_VIDEO_CONTAINERS)}")
+    data = encode_video_bytes(frames, fps, audio, sample_rate, crf=crf, preset=preset, container_format=_VIDEO_CONTAINERS[suffix], **options)
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(data)
 

@@ -139,7 +139,12 @@ def _collect(inputs: list[str], columns: dict[str, str]) -> list[SourceItem]:
         else:
             # A single video; missing or broken files are reported as skipped later.
             items.append(SourceItem(path))
-    return items
+    unique: dict[tuple[Any, ...], SourceItem] = {}
+    for item in items:  # the same file named twice (folder + file) is cut once
+        unique.setdefault((item.path.resolve(), item.start, item.end, item.caption), item)
+    if len(unique) < len(items):
+        log.info("prepare: %d duplicate input(s) ignored", len(items) - len(unique))
+    return list(unique.values())
 
 
 def _stream_starts(path: Path) -> tuple[Fraction | None, float, float]:
@@ -181,7 +186,7 @@ def _segments(start: float, end: float, clip_seconds: float | None) -> list[tupl
 
 
 def prepare(
-    inputs: list[str],
+    inputs: list[str] | str,
     out: Path,
     clip_seconds: float | None = None,
     min_seconds: float = 1.0,
@@ -197,7 +202,7 @@ def prepare(
     """Cut videos into clips and write them as shards.
 
     Args:
-        inputs: Folders of videos (searched recursively), single video files, and/or
+        inputs: One or a list of: folders of videos (searched recursively), video files,
             manifests (``.csv``/``.tsv``/``.jsonl``/``.json``) with a path column and
             optional caption, start and end columns (seconds).
         out: Output folder for ``shard-*.tar``, ``index.json`` and ``prepare_report.json``.

@@ -234,3 +234,18 @@ def test_brace_and_list_specs(dataset):
         dm = FoleyDataModule(val_shards=shards, load_video=False, clip_seconds=0.5, batch_size=8, num_workers=0)
         assert next(iter(dm.val_dataloader()))["key"] == ["c0", "c1", "c2", "ntsc"]
     assert json.loads((path / "index.json").read_text())["total"] == 4
+
+
+def test_url_specs_fsspec_file_and_pipe(dataset):
+    fsspec = pytest.importorskip("fsspec")
+    path, _ = dataset
+    memory = fsspec.filesystem("memory")
+    for name in ("shard-000000.tar", "shard-000001.tar"):
+        memory.pipe(f"/foley-test/{name}", (path / name).read_bytes())
+    specs = [
+        "memory://foley-test/shard-{000000..000001}.tar",
+        f"file://{path}/shard-000000.tar::pipe:cat {path}/shard-000001.tar",
+    ]
+    for spec in specs:
+        dm = FoleyDataModule(val_shards=spec, load_video=False, clip_seconds=0.5, batch_size=8, num_workers=0)
+        assert next(iter(dm.val_dataloader()))["key"] == ["c0", "c1", "c2", "ntsc"], spec

@@ -66,3 +66,55 @@ def test_segment_start_and_duration(tmp_path: Path) -> None:
         pipeline(video, start=5.0, duration=2.0)
     with pytest.raises(VideoError, match="outside"):
         pipeline(video, start=7.0)
+
+
+@pytest.fixture(scope="module")
+def trained_runs(tmp_path_factory) -> dict:
+    """Tiny stage 2 and stage 3 trained for 2 steps each through `foley fit` on synthetic shards."""
+    from foley.cli import main
+    from foley.models.bigvgan import BigVGAN
+    from foley.models.codec import Codec
+    from foley.models.mel import LogMelSpectrogram
+    from foley.models.mel_vae import MelVAE
+    from foley.synth.world import synth
+
+    root = tmp_path_factory.mktemp("e2e")
+    torch.manual_seed(0)
+    vae = MelVAE(n_mels=16, latent_channels=40, hidden_channels=16, encoder_layers=2, decoder_layers=2)
+    vocoder = BigVGAN(num_mels=16, upsample_rates=(8, 8, 8), upsample_kernel_sizes=(16, 16, 16),
+                      upsample_initial_channel=16, resblock_kernel_sizes=(3,), resblock_dilation_sizes=((1,),))
+    codec_path = root / "codec.pt"
+    Codec(vae, vocoder, LogMelSpectrogram(n_mels=16)).save(codec_path)
+    shards = synth(root / "shards", clips=3, seconds=1.0, size=32, categories=["drum", "bouncing_ball"])
+    common = [f"--data.init_args.train_shards={shards}", f"--data.init_args.val_shards={shards}",
+              "--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false"]
+    main(["fit", "--config", "configs/tiny/stage2.yaml", f"--model.init_args.codec_checkpoint={codec_path}",
+          f"--trainer.default_root_dir={root / 'stage2'}", *common])
+    main(["fit", "--config", "configs/tiny/stage3.yaml", f"--model.init_args.codec_checkpoint={codec_path}",
+          "--model.init_args.network.init_args.n_mels=16", f"--trainer.default_root_dir={root / 'stage3'}", *common])
+    return {
+        "root": root,
+        "codec": codec_path,
+        "flow": sorted((root / "stage2").rglob("*.ckpt"))[-1],
+        "stereo": sorted((root / "stage3").rglob("*.ckpt"))[-1],
+        "video": next((root / "shards").glob("*.tar")),
+    }
+
+
+@pytest.mark.slow  # trains stage 2 and 3 through the CLI: about a minute on 2 cores
+def test_real_tiny_stages_from_checkpoints_and_bundle(trained_runs: dict, tmp_path: Path) -> None:
+    from foley.pipeline import FoleyPipeline
+
+    pipeline = FoleyPipeline.from_checkpoints(trained_runs["flow"], trained_runs["stereo"])
+    # Settings come from the stage-2 run's data module: 1 s windows, 32 px streams.
+    assert pipeline.settings.window_seconds == 1.0 and pipeline.settings.sync_size == 32
+    video = tmp_path / "v.mp4"
+    event_video(video, 2.2, events=[0.4, 1.6], fps=25.0)
+    audio = pipeline(video, prompt="a drum", steps=2, seed=1)
+    assert audio.shape == (2, round(2.2 * SR)) and torch.isfinite(audio).all()
+    bundle = tmp_path / "pipeline.pt"
+    pipeline.save_bundle(bundle)
+    reloaded = FoleyPipeline.from_bundle(bundle)
+    torch.testing.assert_close(reloaded(video, prompt="a drum", steps=2, seed=1), audio)
+    moved = FoleyPipeline.from_checkpoints(trained_runs["flow"], trained_runs["stereo"], codec_checkpoint=trained_runs["codec"])
+    torch.testing.assert_close(moved(video, prompt="a drum", steps=2, seed=1), audio)

@@ -98,11 +98,19 @@ class FoleyPipeline(nn.Module):
         settings: frame streams, window length and joins.
     """
 
-    def __init__(self, flow: nn.Module, stereo: nn.Module, settings: PipelineSettings | None = None) -> None:
+    def __init__(
+        self,
+        flow: nn.Module,
+        stereo: nn.Module,
+        settings: PipelineSettings | None = None,
+        flow_hparams: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.flow = flow.eval()
         self.stereo = stereo.eval()
         self.settings = settings or PipelineSettings()
+        # The stage-2 module's constructor config as saved by `foley fit` (plain data); needed to bundle it.
+        self.flow_hparams = dict(flow_hparams) if flow_hparams is not None else None
 
     # ------------------------------------------------------------- building
     @classmethod
@@ -141,10 +149,11 @@ class FoleyPipeline(nn.Module):
                 )
             overrides["codec_checkpoint"] = os.fspath(codec_checkpoint)
         data_hparams = checkpoint.get("datamodule_hyper_parameters") or {}
+        flow_hparams = checkpoint.get("hyper_parameters")
         del checkpoint
         flow = FlowModule.load_from_checkpoint(flow_checkpoint, map_location="cpu", weights_only=True, **overrides)
         stereo = StereoModule.from_checkpoint(stereo_checkpoint, codec=flow.codec)
-        pipeline = cls(flow, stereo, PipelineSettings.from_datamodule_hparams(data_hparams, **settings))
+        pipeline = cls(flow, stereo, PipelineSettings.from_datamodule_hparams(data_hparams, **settings), flow_hparams)
         return pipeline.to(device)
 
     def save_bundle(self, path: str | os.PathLike[str]) -> None:
@@ -153,11 +162,11 @@ class FoleyPipeline(nn.Module):
         The stage-2 module must have been built by LightningCLI (so its hyper-parameters describe its
         network); the codec is stored in full, so the bundle needs no other file.
         """
-        hparams = dict(getattr(self.flow, "hparams", {}))
-        if "network" not in hparams or not isinstance(hparams["network"], Mapping):
+        hparams = self.flow_hparams or {}
+        if not isinstance(hparams.get("network"), Mapping):
             raise ValueError(
-                "cannot bundle a stage-2 module built in Python: its hyper-parameters do not describe the "
-                "network; load it from a `foley fit` checkpoint (FoleyPipeline.from_checkpoints) first"
+                "cannot bundle a stage-2 module built in Python: no saved config describes its network; "
+                "load the pipeline from `foley fit` checkpoints (FoleyPipeline.from_checkpoints) first"
             )
         codec = self.flow.codec
         flow_state = {k: v.detach().cpu() for k, v in self.flow.state_dict().items() if not k.startswith("codec.")}
@@ -211,7 +220,7 @@ class FoleyPipeline(nn.Module):
             json.loads(payload["stereo"]["config"]), payload["stereo"]["state_dict"], flow.codec, payload["stereo"]["video_stream"]
         )
         merged = {**payload["settings"], **{k: v for k, v in settings.items() if v is not None}}
-        return cls(flow, stereo, PipelineSettings(**merged)).to(device)
+        return cls(flow, stereo, PipelineSettings(**merged), json.loads(payload["flow"]["hyper_parameters"])).to(device)
 
     # ----------------------------------------------------------- inference
     @property

@@ -206,10 +206,11 @@ class StereoModule(LightningModule):
             experiment = getattr(self.logger, "experiment", None)
             if hasattr(experiment, "add_audio"):
                 key = subset["key"][i] if "key" in subset else str(i)
-                # TensorBoard takes (N, C) float audio in [-1, 1].
-                experiment.add_audio(
-                    f"val/stereo/{key}", stereo[i, :, :n].T.clamp(-1, 1).cpu(), self.global_step, self.sample_rate
-                )
+                # torch's TensorBoard writer only takes mono clips: log each ear.
+                for side, channel in (("left", 0), ("right", 1)):
+                    experiment.add_audio(
+                        f"val/stereo/{key}/{side}", stereo[i, channel, :n].clamp(-1, 1).cpu(), self.global_step, self.sample_rate
+                    )
         if correlations:
             self.log("val/pan_corr", sum(correlations) / len(correlations), batch_size=count)
 

@@ -63,12 +63,13 @@ class AlignedRoPE:
     def tables_for_positions(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """Float32 cos/sin tables (..., T, head_dim) for the given positions.
 
-        Angles are formed in float64 on the CPU (float32 angles are off by ~1e-3 rad
-        after ten thousand positions, and not every accelerator has float64), then
-        moved to the positions' device. The returned ``sin`` is sign-folded (first half
+        Angles are formed in float64 (float32 angles are off by ~1e-3 rad after ten
+        thousand positions; on MPS, which lacks float64, on the CPU). The returned ``sin`` is sign-folded (first half
         negated) so that :func:`apply_rope` is two multiply-adds on a half-swapped tensor.
         """
-        angles = positions.detach().to("cpu", torch.float64)[..., None] * self.frequencies("cpu", torch.float64)
+        work_device = "cpu" if positions.device.type == "mps" else positions.device
+        angles = positions.detach().to(work_device, torch.float64)[..., None]
+        angles = angles * self.frequencies(work_device, torch.float64)
         cos, sin = torch.cos(angles), torch.sin(angles)
         cos, sin = torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
         return cos.to(positions.device, torch.float32), sin.to(positions.device, torch.float32)
@@ -76,7 +77,8 @@ class AlignedRoPE:
     def tables(self, length: int, rate: float, device: torch.device | str | None = None
                ) -> tuple[Tensor, Tensor]:
         """Cos/sin tables (length, head_dim) for a stream with ``rate`` tokens per second."""
-        cos, sin = self.tables_for_positions(self.positions(length, rate, "cpu", torch.float64))
+        work_device = "cpu" if torch.device(device or "cpu").type == "mps" else device
+        cos, sin = self.tables_for_positions(self.positions(length, rate, work_device, torch.float64))
         return cos.to(device), sin.to(device)
 
 

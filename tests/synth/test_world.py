@@ -282,3 +282,21 @@ def test_synth_identical_with_workers(tmp_path: Path) -> None:
     for name in ("shard-000000.tar", "shard-000001.tar", "index.json"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
 
+
+
+def test_default_settings_mixed_clips() -> None:
+    """The dataset `foley synth` writes by default: 8 s, 128 px, 25 fps, mixed categories."""
+    seen = set()
+    for index in range(12):
+        result = render_clip(index, 0)
+        meta = result.meta
+        seen.update(o["category"] for o in meta["objects"])
+        assert result.frames.shape == (200, 128, 128, 3) and result.audio.shape == (2, 352800)
+        assert 0 < np.max(np.abs(result.audio)) < 0.9 or meta["category"] == "silence"
+        for event in meta["events"]:
+            start = round(event["onset"] * SR)
+            assert rms(result.audio[:, start : start + 32]) > 1e-3
+        first = min((round(e["onset"] * SR) for e in meta["events"]), default=None)
+        if first:
+            assert np.all(result.audio[:, :first] == 0), "no sound before the first event"
+    assert seen == set(CATEGORIES)

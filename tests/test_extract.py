@@ -44,12 +44,18 @@ def feature_shard_keys(out) -> list[str]:
     return keys
 
 
-def test_extract_round_trip_matches_online_features(inputs):
+@pytest.fixture(scope="module")
+def extracted(inputs):
+    out = inputs["root"] / "features"
+    run_extract(inputs, out)
+    return out
+
+
+def test_extract_round_trip_matches_online_features(inputs, extracted):
     from foley.cli import FoleyCLI
     from foley.data_modules import FoleyDataModule
 
-    out = inputs["root"] / "features"
-    run_extract(inputs, out)
+    out = extracted
     index = json.loads((out / "index.json").read_text())
     assert index["total"] == 3 and sorted(feature_shard_keys(out)) == sorted(done_keys(out))
 
@@ -80,9 +86,8 @@ def test_extract_round_trip_matches_online_features(inputs):
                                atol=1e-4, rtol=1e-4)
 
 
-def test_extract_resumes_and_overwrites(inputs):
-    out = inputs["root"] / "resume"
-    run_extract(inputs, out)
+def test_extract_resumes_and_overwrites(inputs, extracted):
+    out = extracted
     first = sorted(feature_shard_keys(out))
     shard_files = sorted(out.glob("features-*.tar"))
     assert len(shard_files) == 2  # shard_size 2, 3 samples

@@ -150,12 +150,12 @@ def test_full_condition_dropout_equals_absent_modalities(parts):
 def test_training_reduces_the_loss_on_a_fixed_batch(parts):
     module = make_module(parts)
     batch = precompute(module, make_batch())
-    evaluate = lambda: torch.stack([seeded_loss(module, batch, s, dropout=0.0) for s in range(4)]).mean()  # noqa: E731
+    evaluate = lambda: torch.stack([seeded_loss(module, batch, s, dropout=0.0) for s in range(3)]).mean()  # noqa: E731
     with torch.no_grad():
         before = evaluate()
     optimizer = torch.optim.AdamW(module.network.parameters(), lr=1e-2)
-    for step in range(15):
-        loss = seeded_loss(module, batch, step % 4)
+    for step in range(12):
+        loss = seeded_loss(module, batch, step % 3)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -168,29 +168,30 @@ def test_training_reduces_the_loss_on_a_fixed_batch(parts):
 
 def test_generate_is_deterministic_and_exactly_as_long_as_the_clip(parts):
     module = make_module(parts)
-    batch = make_batch(durations=(0.1713, 0.1))
+    batch = precompute(module, make_batch(durations=(0.1713, 0.1)))
     first = module.generate(batch, steps=2, cfg=2.0, seed=11)
     assert first.shape == (2, 1, round(0.1713 * SR))
     assert (first[1, 0, round(0.1 * SR):] == 0).all()
     assert first[1, 0, : round(0.1 * SR)].abs().max() > 0
     assert first.abs().max() <= 1.0
     torch.testing.assert_close(module.generate(batch, steps=2, cfg=2.0, seed=11), first, rtol=0, atol=0)
-    assert not torch.equal(module.generate(batch, steps=2, cfg=2.0, seed=12), first)
-    # Without audio_mask the length comes from seconds_total.
-    no_audio = {k: v for k, v in batch.items() if k not in ("audio", "audio_mono", "audio_mask")}
-    assert module.generate(no_audio, steps=1, seed=0).shape == (2, 1, round(0.1713 * SR))
+    # Without audio_mask the length comes from seconds_total; another seed gives other audio.
+    no_audio = {k: v for k, v in batch.items() if k != "audio_mask"}
+    other = module.generate(no_audio, steps=2, cfg=2.0, seed=12)
+    assert other.shape == first.shape and not torch.equal(other, first)
 
 
 def test_negative_prompt_replaces_the_unconditional_branch(parts):
     module = make_module(parts)
-    batch = precompute(module, make_batch(durations=(0.25, 0.13)))
+    batch = precompute(module, make_batch(durations=(0.13, 0.12)))
     plain = module.generate(batch, steps=2, seed=3)
     negative = module.generate(batch, steps=2, seed=3, negative_prompt="speech")
     assert not torch.allclose(plain, negative)
     torch.testing.assert_close(module.generate(batch, steps=2, seed=3, negative_prompt=["speech", "speech"]), negative)
     # cfg = 1 ignores the unconditional branch entirely.
-    torch.testing.assert_close(module.generate(batch, steps=2, cfg=1.0, seed=3),
-                               module.generate(batch, steps=2, cfg=1.0, seed=3, negative_prompt="speech"))
+    unguided = module.generate(batch, steps=2, cfg=1.0, seed=3, negative_prompt="speech")
+    assert not torch.allclose(unguided, negative)
+    torch.testing.assert_close(module.generate(batch, steps=2, cfg=1.0, seed=3), unguided)
 
 
 def test_precomputed_features_give_the_same_loss_as_online_encoding(parts):

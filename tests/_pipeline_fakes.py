@@ -1,7 +1,7 @@
 """Small stand-ins and synthetic panned clips for the stage-3 / pipeline / generate tests.
 
 ``FakeCodec`` has the stage-1 codec interface the stereo stage uses (``mel``, ``vocode``,
-``sample_rate``, ``hop_length``) with a fixed STFT mel front end and a magnitude-only
+``sample_rate``, ``hop_length``) with the real mel front end and a magnitude-only
 pseudo-inverse "vocoder" (fixed phase), so level differences survive the round trip.
 ``FakeFlow`` has ``FlowModule.generate``'s interface: it returns a click at every
 frame where the sync stream changes, so the output is a deterministic function of the
@@ -22,26 +22,22 @@ from torch import Tensor, nn
 class FakeCodec(nn.Module):
     def __init__(self, sample_rate: int = 44100, hop_length: int = 512, n_mels: int = 32, n_fft: int = 2048) -> None:
         super().__init__()
+        from foley.models.mel import LogMelSpectrogram
+
         self.sample_rate = sample_rate
         self.hop_length = hop_length
-        self.n_fft = n_fft
-        fbanks = AF.melscale_fbanks(n_fft // 2 + 1, 0.0, sample_rate / 2, n_mels, sample_rate, norm="slaney", mel_scale="slaney")
-        self.register_buffer("basis", fbanks.T.contiguous())
-        self.register_buffer("inverse", torch.linalg.pinv(fbanks.T))
-        self.register_buffer("window", torch.hann_window(n_fft))
+        self.mel = LogMelSpectrogram(sample_rate, n_fft, hop_length, n_fft, n_mels)
+        self.register_buffer("inverse", torch.linalg.pinv(self.mel.mel_basis))
         self.gain = nn.Parameter(torch.ones(()))  # a weight, so state-dict round trips are exercised
-
-    def mel(self, wave: Tensor) -> Tensor:
-        frames = wave.shape[-1] // self.hop_length
-        spec = torch.stft(wave.float(), self.n_fft, self.hop_length, window=self.window, center=True, return_complex=True)
-        mel = self.basis @ spec.abs()[..., :frames]
-        return torch.log(mel.clamp_min(1e-5))
 
     def vocode(self, mel: Tensor) -> Tensor:
         magnitude = (self.inverse @ mel.exp()).clamp_min(0.0)
         phase = torch.exp(1j * torch.linspace(0, 50.0, magnitude.shape[-2]))[:, None]
         frames = mel.shape[-1]
-        return self.gain * torch.istft(magnitude * phase, self.n_fft, self.hop_length, window=self.window, center=True, length=frames * self.hop_length)
+        window = self.mel.window
+        return self.gain * torch.istft(
+            magnitude * phase, self.mel.n_fft, self.hop_length, window=window, center=True, length=frames * self.hop_length
+        )
 
 
 class FakeFlow(nn.Module):

@@ -61,7 +61,7 @@ def test_segment_start_and_duration(tmp_path: Path) -> None:
     pipeline = tiny_pipeline(window_seconds=2.0, overlap_seconds=0.5)
     audio = pipeline(video, start=2.5, duration=2.3)
     assert audio.shape == (2, round(2.3 * SR))
-    assert [round(t, 2) for t in _onsets(audio)] == pytest.approx([1.5], abs=0.03)  # 4.0 s - 2.5 s
+    assert _onsets(audio) == pytest.approx([1.5], abs=0.05)  # 4.0 s - 2.5 s, within the onset tolerance
     with pytest.raises(VideoError, match="does not fit"):
         pipeline(video, start=5.0, duration=2.0)
     with pytest.raises(VideoError, match="outside"):

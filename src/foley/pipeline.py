@@ -180,6 +180,7 @@ class FoleyPipeline(nn.Module):
             "stereo": {
                 "config": json.dumps(self.stereo.network.init_config),
                 "video_stream": self.stereo.video_stream,
+                "render": self.stereo.render,
                 "state_dict": {k: v.detach().cpu() for k, v in self.stereo.network.state_dict().items()},
             },
         }
@@ -217,7 +218,8 @@ class FoleyPipeline(nn.Module):
             )
             flow = FlowModule.load_from_checkpoint(flow_file, map_location="cpu", weights_only=True)
         stereo = StereoModule.from_network_state(
-            json.loads(payload["stereo"]["config"]), payload["stereo"]["state_dict"], flow.codec, payload["stereo"]["video_stream"]
+            json.loads(payload["stereo"]["config"]), payload["stereo"]["state_dict"], flow.codec,
+            payload["stereo"]["video_stream"], payload["stereo"].get("render", "vocoder"),
         )
         merged = {**payload["settings"], **{k: v for k, v in settings.items() if v is not None}}
         return cls(flow, stereo, PipelineSettings(**merged), json.loads(payload["flow"]["hyper_parameters"])).to(device)

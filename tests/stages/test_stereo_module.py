@@ -111,3 +111,23 @@ def test_codec_is_frozen_and_needs_to_be_given() -> None:
     assert all(not p.requires_grad for p in module.codec.parameters())
     with pytest.raises(ValueError, match="exactly one"):
         StereoModule(Mono2Stereo(n_mels=32, hidden=8, layers=1))
+
+
+@pytest.mark.parametrize("render", ["vocoder", "stft"])
+def test_constant_pan_gives_the_closed_form_level_difference(render: str) -> None:
+    module = _module()
+    module.render = render
+    batch = panned_batch(2, seed=5, sample_rate=SR)
+    if render == "stft":
+        # Centred (untrained) STFT rendering returns the mono signal itself in both ears.
+        centred = module.generate(batch)
+        torch.testing.assert_close(centred[:, 0], batch["audio_mono"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(centred[:, 1], batch["audio_mono"], atol=1e-5, rtol=0)
+    torch.nn.init.constant_(module.network.head.bias, math.log(0.8 / 0.2))  # p = 0.8 in every bin
+    stereo = module.generate(batch)
+    power = stereo.pow(2).sum(-1)
+    ild = 10 * torch.log10(power[:, 0] / power[:, 1])
+    # L = 1.6·M and R = 0.4·M in magnitude: 20·log10(4) = 12.04 dB.
+    torch.testing.assert_close(ild, torch.full_like(ild, 20 * math.log10(4.0)), atol=0.3, rtol=0)
+    if render == "stft":
+        torch.testing.assert_close(stereo.mean(1), batch["audio_mono"], atol=1e-5, rtol=0)

@@ -86,6 +86,11 @@ class StereoModule(LightningModule):
             are then not copied into stage-3 checkpoints (the path is recorded instead).
         video_stream: which batch stream the network reads: ``"sync"`` (dense in time),
             ``"clip"``, or ``"none"``.
+        render: how :meth:`generate` turns the stereo mel into audio: ``"vocoder"`` (each ear's mel
+            through the codec's vocoder, as in the paper) or ``"stft"`` (the pan ratios, spread from
+            mel bands to STFT bins, scale the mono waveform's STFT; keeps the mono signal bit-for-bit
+            where nothing is panned and avoids a second vocoder pass on already vocoded audio).
+            ``"stft"`` needs a codec whose ``mel`` is a :class:`foley.models.mel.LogMelSpectrogram`.
         num_examples: clips of the first validation batch rendered to stereo, scored with the
             waveform pan correlation and logged as audio (when the logger supports it).
         optimizer: optimiser factory, called with the network's parameters.
@@ -98,6 +103,7 @@ class StereoModule(LightningModule):
         codec: nn.Module | None = None,
         codec_checkpoint: str | None = None,
         video_stream: Literal["sync", "clip", "none"] = "sync",
+        render: Literal["vocoder", "stft"] = "vocoder",
         num_examples: int = 2,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
@@ -119,6 +125,7 @@ class StereoModule(LightningModule):
         self.codec = codec.eval().requires_grad_(False)
         self.codec_from_file = codec_checkpoint is not None
         self.video_stream = video_stream
+        self.render = render
         self.num_examples = num_examples
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -136,7 +143,8 @@ class StereoModule(LightningModule):
     def _frames(self, batch: Mapping[str, Any]) -> tuple[Tensor | None, Tensor | None]:
         if self.video_stream == "none" or f"{self.video_stream}_frames" not in batch:
             return None, None
-        return batch[f"{self.video_stream}_frames"], batch.get(f"{self.video_stream}_mask")
+        mask = batch.get(f"{self.video_stream}_mask")
+        return batch[f"{self.video_stream}_frames"].to(self.device), None if mask is None else mask.to(self.device)
 
     def _mel(self, wave: Tensor) -> Tensor:
         """``(B, N)`` → ``(B, n_mels, ceil(N / hop))`` log-mel (the tail is zero-padded to a whole frame)."""
@@ -225,15 +233,47 @@ class StereoModule(LightningModule):
     def generate(self, batch: Mapping[str, Any]) -> Tensor:
         """Stereo waveform ``(B, 2, N)`` from ``batch["audio_mono"]`` ``(B, N)`` (+ the video stream).
 
-        Each ear's mel is rendered by the codec's vocoder; the result has exactly ``N`` samples.
+        With ``render="vocoder"`` each ear's mel is rendered by the codec's vocoder; with
+        ``render="stft"`` the pan ratios are applied to the mono waveform's own STFT. Either way
+        the result has exactly ``N`` samples.
         """
         mono = batch["audio_mono"]
         if mono.dim() == 3 and mono.shape[1] == 1:
             mono = mono.squeeze(1)
+        mono = mono.to(self.device).float()
         b, n = mono.shape
-        stereo = self.stereo_mel(self._mel(mono), batch)
+        frames, frames_mask = self._frames(batch)
+        mono_mel = self._mel(mono)
+        if self.render == "stft":
+            return self._render_stft(mono, self.network.pan(mono_mel, frames, frames_mask))
+        stereo = self.network.stereo_mel(mono_mel, frames, frames_mask)
         wave = self.codec.vocode(stereo.flatten(0, 1)).unflatten(0, (b, 2))
         return F.pad(wave, (0, max(0, n - wave.shape[-1])))[..., :n].float()
+
+    def _render_stft(self, mono: Tensor, pan: Tensor) -> Tensor:
+        """Apply mel-band pan ratios ``(B, n_mels, F)`` to the STFT of ``mono`` ``(B, N)``."""
+        front = self.codec.mel
+        basis = front.mel_basis.float()  # (n_mels, n_freqs)
+        # Each linear bin takes the filter-weighted mean pan of the mel bands covering it;
+        # bins no filter covers stay centred.
+        coverage = basis.sum(0)
+        weights = basis / coverage.clamp_min(1e-12)
+        pan_linear = torch.einsum("mk,bmf->bkf", weights, pan)
+        pan_linear = torch.where(coverage.view(1, -1, 1) > 0, pan_linear, torch.full_like(pan_linear, 0.5))
+        # Mel frame j is centred on sample j·hop + hop/2, STFT frame k (center=True) on k·hop:
+        # the pan of STFT frame k is the mean of mel frames k-1 and k.
+        padded = F.pad(pan_linear, (1, 1), mode="replicate")
+        pan_frames = 0.5 * (padded[..., :-1] + padded[..., 1:])
+        n = mono.shape[-1]
+        spec = torch.stft(
+            mono, front.n_fft, front.hop_length, front.win_length, window=front.window, center=True, return_complex=True
+        )
+        pan_frames = pan_frames[..., : spec.shape[-1]]
+        ears = torch.stack([spec * (2.0 * pan_frames), spec * (2.0 * (1.0 - pan_frames))], dim=1)
+        wave = torch.istft(
+            ears.flatten(0, 1), front.n_fft, front.hop_length, front.win_length, window=front.window, center=True, length=n
+        )
+        return wave.unflatten(0, (mono.shape[0], 2)).float()
 
     # ---------------------------------------------------------- optimisation
     def configure_optimizers(self) -> Any:
@@ -280,7 +320,9 @@ class StereoModule(LightningModule):
         prefix = "network."
         network_state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
         hparams = checkpoint.get("hyper_parameters", {})
-        module = cls.from_network_state(checkpoint[NETWORK_CONFIG_KEY], network_state, codec, hparams.get("video_stream", "sync"))
+        module = cls.from_network_state(
+            checkpoint[NETWORK_CONFIG_KEY], network_state, codec, hparams.get("video_stream", "sync"), hparams.get("render", "vocoder")
+        )
         return module.to(map_location)
 
     @classmethod
@@ -290,6 +332,7 @@ class StereoModule(LightningModule):
         network_state: Mapping[str, Tensor],
         codec: nn.Module,
         video_stream: Literal["sync", "clip", "none"] = "sync",
+        render: Literal["vocoder", "stft"] = "vocoder",
     ) -> StereoModule:
         """Build the module from a network ``class_path``/``init_args`` config and its state dict."""
         from lightning.pytorch.cli import instantiate_module
@@ -297,4 +340,4 @@ class StereoModule(LightningModule):
         config = {"_class_path": network_config["class_path"], **dict(network_config.get("init_args", {}))}
         network = instantiate_module(Mono2Stereo, config)
         network.load_state_dict(dict(network_state))
-        return cls(network=network, codec=codec, video_stream=video_stream, num_examples=0).eval()
+        return cls(network=network, codec=codec, video_stream=video_stream, render=render, num_examples=0).eval()

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import random
 from collections.abc import Iterator, Sequence
+from itertools import islice
 from typing import Any, Literal
 from urllib.parse import urlparse
 
@@ -158,9 +158,14 @@ class ShardStream(IterableDataset):
         def streams() -> Iterator[dict[str, Any]]:
             for url in urls:
                 try:
-                    yield {"url": url, "stream": _open_url(url)}
+                    stream = _open_url(url)
                 except Exception as exc:  # noqa: BLE001 - an unreadable shard must not end the epoch
                     handler(exc)
+                    continue
+                try:
+                    yield {"url": url, "stream": stream}
+                finally:
+                    stream.close()  # the expander has read this shard to its end (or stopped)
 
         files = tar_file_expander(streams(), handler=handler)
         yield from group_by_keys(files, handler=handler)
@@ -170,11 +175,14 @@ class ShardStream(IterableDataset):
         if self.shuffle:
             # Same order in every reader (seeded without the reader id) so that the
             # sample-level split below stays a partition.
-            random.Random(_mix(self.seed, self.epoch, pass_index)).shuffle(urls)
+            random.Random(_mix(self.seed, self.epoch, self._local_passes, pass_index)).shuffle(urls)
         if len(urls) >= readers and self.max_samples is None:
             raw = self._raw_samples(urls[reader::readers])
         else:
-            raw = (s for i, s in enumerate(self._raw_samples(urls)) if i % readers == reader and (self.max_samples is None or i < self.max_samples))
+            # Fewer shards than readers (or a global sample limit): every reader scans
+            # all shards and keeps every readers-th sample.
+            scanned = islice(self._raw_samples(urls), self.max_samples)
+            raw = (sample for index, sample in enumerate(scanned) if index % readers == reader)
         if self.shuffle and self.shuffle_buffer > 1:
             raw = _shuffled(raw, self.shuffle_buffer, rng)
         for sample in raw:

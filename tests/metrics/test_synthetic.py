@@ -163,3 +163,35 @@ def test_metric_reports_pan_only_for_stereo_predictions() -> None:
     mono = SyntheticWorldMetric(SR)
     mono.update(truth.mean(0)[None, None], truth[None], meta)
     assert math.isnan(float(mono.compute()["pan_corr"]))
+
+
+def test_textured_clips_are_left_out_of_onset_scores() -> None:
+    metric = SyntheticWorldMetric(SR, textured_event_types=["rain"])
+    metric.update(torch.zeros(1, 1, SR), None, [{"category": "rain", "events": [{"onset": 0.5, "type": "rain"}]}])
+    scores = metric.compute()
+    assert math.isnan(float(scores["onset_f1"])) and float(scores["num_clips"]) == 1
+    metric.update(_clicks([0.5], seconds=1.0)[None, None], None, [{"events": [{"onset": 0.5, "type": "impact"}]}])
+    assert float(metric.compute()["onset_f1"]) == 1.0
+
+
+def test_coincident_reference_onsets_merge_and_clip_start_is_ignored() -> None:
+    metric = SyntheticWorldMetric(SR)
+    meta = {"events": [{"onset": 0.0}, {"onset": 1.0}, {"onset": 1.02}, {"onset": 1.5}]}
+    assert metric.reference_onsets(meta, duration=3.0).tolist() == [1.0, 1.5]
+
+
+def test_synthetic_world_ground_truth_scores_high_and_other_seed_low() -> None:
+    world = pytest.importorskip("foley.synth.world")
+    from foley.metrics.generation import SyntheticWorldScores
+
+    truth, other = SyntheticWorldScores(categories=world.CATEGORIES), SyntheticWorldScores(categories=world.CATEGORIES)
+    for index in range(12):
+        clip = world.render_clip(index, seed=0, seconds=3.0, fps=8, size=32, sample_rate=SR)
+        wrong = world.render_clip(index, seed=1, seconds=3.0, fps=8, size=32, sample_rate=SR)
+        batch = {"audio": torch.from_numpy(clip.audio)[None], "meta": [clip.meta]}
+        truth.update(batch["audio"], batch, SR)
+        other.update(torch.from_numpy(wrong.audio)[None], batch, SR)
+    good, bad = truth.compute(), other.compute()
+    assert float(good["onset_f1"]) > 0.95 and float(good["sync_offset"]) < 0.005
+    assert float(good["pan_corr"]) == pytest.approx(1.0)
+    assert float(bad["onset_f1"]) < 0.5 and float(bad["pan_corr"]) < 0.5

@@ -42,10 +42,15 @@ class GenerationMetric(nn.Module, ABC):
 class SyntheticWorldScores(GenerationMetric):
     """The exact synthetic-world evaluator (onset P/R/F1, sync offset, pan correlation).
 
+    The defaults match the event types of ``foley.synth``: impacts (bouncing ball), hits
+    (drum) and tones (lamp switching on) have onsets; clips with an engine or rain are
+    textures and only get the stereo scores.
+
     Args:
-        categories: categories reported separately.
+        categories: categories reported separately (as ``<metric>/<category>``).
         tolerance: onset tolerance in seconds.
         event_types: event types whose onsets count (``None``: all).
+        textured_event_types: event types that exclude a clip from the onset scores.
         detector: onset detector settings.
     """
 
@@ -53,11 +58,18 @@ class SyntheticWorldScores(GenerationMetric):
         self,
         categories: Sequence[str] = (),
         tolerance: float = 0.05,
-        event_types: Sequence[str] | None = None,
+        event_types: Sequence[str] | None = ("impact", "hit", "tone"),
+        textured_event_types: Sequence[str] = ("engine", "rain"),
         detector: OnsetDetector | None = None,
     ) -> None:
         super().__init__()
-        self.metric = SyntheticWorldMetric(categories=categories, tolerance=tolerance, event_types=event_types, detector=detector)
+        self.metric = SyntheticWorldMetric(
+            categories=categories,
+            tolerance=tolerance,
+            event_types=event_types,
+            textured_event_types=textured_event_types,
+            detector=detector,
+        )
 
     def update(self, generated: Tensor, batch: Mapping[str, Any], sample_rate: int) -> None:
         self.metric.update(generated, batch.get("audio"), batch["meta"], batch.get("seconds_total"), sample_rate=sample_rate)

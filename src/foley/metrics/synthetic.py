@@ -54,6 +54,28 @@ def _as_mono(wave: Tensor) -> Tensor:
     raise ValueError(f"expected a waveform of shape (N,) or (C, N), got {tuple(wave.shape)}")
 
 
+def _band_power_db(mono: Tensor, win: int, hop: int, sample_rate: int, bands: int, fmin: float = 100.0) -> Tensor:
+    """Mean power in dB of Hann-windowed frames in ``bands`` log-spaced bands, ``(T, bands)``.
+
+    Band edges are ``0, fmin·r, fmin·r², ..., sr/2`` (geometric from ``fmin``); one band is
+    the plain broadband frame power.
+    """
+    n = mono.numel()
+    n_frames = max(1, math.ceil(max(n - win, 0) / hop) + 1)
+    padded = torch.nn.functional.pad(mono, (0, (n_frames - 1) * hop + win - n))
+    if bands == 1:
+        return _frame_power_db(mono, win, hop)[:, None]
+    window = torch.hann_window(win, periodic=False, dtype=mono.dtype)
+    spectrum = torch.fft.rfft(padded.unfold(0, win, hop) * window, dim=-1).abs().pow(2)
+    freqs = torch.fft.rfftfreq(win, 1.0 / sample_rate, dtype=mono.dtype)
+    edges = torch.logspace(math.log10(fmin), math.log10(sample_rate / 2), bands, dtype=mono.dtype)
+    band = torch.bucketize(freqs, edges, right=True).clamp(max=bands - 1)
+    power = torch.zeros(spectrum.shape[0], bands, dtype=mono.dtype).index_add_(1, band, spectrum)
+    # Parseval: sum over rFFT bins / (win · Σw²/win) ~ mean power of the frame's band part.
+    power = power * (2.0 / (win * window.pow(2).sum()))
+    return 10.0 * torch.log10(power + _EPS_POWER)
+
+
 def _frame_power_db(mono: Tensor, win: int, hop: int) -> Tensor:
     """Mean power in dB of frames ``[t*hop, t*hop + win)``; the tail is zero-padded."""
     n = mono.numel()
@@ -70,22 +92,30 @@ class OnsetDetector:
     Args:
         window: analysis window in seconds.
         hop: hop between windows in seconds.
-        rise_db: minimal rise of the window level over the level one window earlier.
+        rise_db: minimal rise of a band's level over its level one window earlier.
         min_separation: two onsets closer than this are merged (the stronger one is kept).
         dynamic_range_db: frames quieter than the clip's loudest frame minus this are ignored.
         floor_db: frames quieter than this absolute level (dBFS power) are ignored.
         envelope: length in seconds of the trailing energy envelope used to refine onsets.
         onset_at_start: report sound present from the first sample as an onset at 0.
+        bands: log-spaced frequency bands whose novelties are combined by maximum
+            (1: broadband energy novelty).
+        band_range_db: with several bands, bands quieter than the loudest band anywhere
+            minus this are ignored (narrow bands near the noise floor fluctuate strongly).
+        band_fmin: upper edge of the lowest band in Hz.
     """
 
     window: float = 0.010
     hop: float = 0.0025
     rise_db: float = 9.0
-    min_separation: float = 0.030
+    min_separation: float = 0.050
     dynamic_range_db: float = 50.0
     floor_db: float = -70.0
     envelope: float = 0.001
     onset_at_start: bool = False
+    bands: int = 4
+    band_range_db: float = 30.0
+    band_fmin: float = 1000.0
 
     def __call__(self, wave: Tensor, sample_rate: int) -> Tensor:
         """Return the onset times in seconds (float64, sorted) of a (N,) or (C, N) waveform."""
@@ -94,16 +124,25 @@ class OnsetDetector:
         hop = max(1, round(self.hop * sample_rate))
         if mono.numel() < win:
             return torch.zeros(0, dtype=torch.float64)
-        level = _frame_power_db(mono, win, hop)
+        level = _band_power_db(mono, win, hop, sample_rate, self.bands, self.band_fmin)  # (T, bands)
         lag = max(1, round(win / hop))
         # Reference level one full window earlier, so the reference never overlaps the frame
         # under test. Clips are crops of longer scenes: sound already present at the first
         # sample is not an onset unless ``onset_at_start`` asks for it.
-        before = 10.0 * math.log10(_EPS_POWER) if self.onset_at_start else float(level[0])
-        reference = torch.cat([torch.full((lag,), before, dtype=level.dtype), level[:-lag]])
-        novelty = level - reference
-        gate = max(float(level.max()) - self.dynamic_range_db, self.floor_db)
-        candidate = (novelty >= self.rise_db) & (level >= gate)
+        before = torch.full((lag, level.shape[1]), 10.0 * math.log10(_EPS_POWER), dtype=level.dtype)
+        if not self.onset_at_start:
+            before = level[:lag].max(dim=0, keepdim=True).values.expand(lag, -1)
+        shifted = torch.cat([before, level[:-lag]])  # level one window earlier
+        # The loudest of the ``lag`` frames before that: band levels of noisy sounds flicker
+        # from frame to frame, a new source stays above all of them.
+        padded = torch.cat([before[:1].expand(lag - 1, -1), shifted]) if lag > 1 else shifted
+        reference = torch.nn.functional.max_pool1d(padded.T[None], lag, stride=1)[0].T
+        # A band counts where it is within the dynamic range of the loudest band anywhere:
+        # a new source shows up in the bands it dominates even under a louder, older sound.
+        gate = max(float(level.max()) - (self.dynamic_range_db if self.bands == 1 else self.band_range_db), self.floor_db)
+        band_novelty = torch.where(level >= gate, level - reference, torch.full_like(level, -math.inf))
+        novelty = band_novelty.max(dim=1).values
+        candidate = novelty >= self.rise_db
         if not bool(candidate.any()):
             return torch.zeros(0, dtype=torch.float64)
         # A step in energy gives a plateau of novelty ``lag`` frames long; keep the frame of
@@ -233,7 +272,7 @@ def pan_correlation(
     return float((xc * yc).sum()) / denominator, mae
 
 
-_COUNTERS = ("tp", "fp", "fn", "offset_sum", "clips", "pan_corr_sum", "pan_clips", "ild_err_sum", "ild_clips")
+_COUNTERS = ("tp", "fp", "fn", "offset_sum", "clips", "onset_clips", "pan_corr_sum", "pan_clips", "ild_err_sum", "ild_clips")
 
 
 class SyntheticWorldMetric(Metric):
@@ -247,6 +286,11 @@ class SyntheticWorldMetric(Metric):
         categories: category names reported separately (``meta["category"]``).
         tolerance: onset matching tolerance in seconds (±).
         event_types: event ``type`` values whose onsets count (``None``: all events).
+        textured_event_types: event types of continuous textures (engines, rain) whose
+            amplitude fluctuations make onset detection ill-posed: clips containing one are
+            left out of the onset scores (they still count for the stereo scores).
+        ignore_start: reference and detected onsets earlier than this (seconds) are ignored:
+            a sound already playing when the clip starts has no audible onset.
         detector: onset detector; the default is tuned on impact sounds.
     """
 
@@ -259,6 +303,8 @@ class SyntheticWorldMetric(Metric):
         categories: Sequence[str] = (),
         tolerance: float = 0.05,
         event_types: Sequence[str] | None = None,
+        textured_event_types: Sequence[str] = (),
+        ignore_start: float = 0.02,
         detector: OnsetDetector | None = None,
         **kwargs: Any,
     ) -> None:
@@ -267,6 +313,8 @@ class SyntheticWorldMetric(Metric):
         self.categories = list(categories)
         self.tolerance = float(tolerance)
         self.event_types = None if event_types is None else set(event_types)
+        self.textured_event_types = set(textured_event_types)
+        self.ignore_start = float(ignore_start)
         self.detector = detector or OnsetDetector()
         rows = len(self.categories) + 2
         for name in _COUNTERS:
@@ -278,16 +326,25 @@ class SyntheticWorldMetric(Metric):
         return len(self.categories) + 1
 
     def reference_onsets(self, meta: Mapping[str, Any], duration: float | None) -> Tensor:
-        """Ground-truth onsets (seconds) of one clip's metadata, inside ``[0, duration)``."""
+        """Ground-truth onsets (seconds) of one clip's metadata, inside ``[ignore_start, duration)``,
+        with onsets closer than the detector's ``min_separation`` merged."""
         onsets = [
             float(event["onset"])
             for event in meta.get("events", [])
             if self.event_types is None or event.get("type") in self.event_types
         ]
         times = torch.tensor(sorted(onsets), dtype=torch.float64)
+        times = times[times >= self.ignore_start]
         if duration is not None:
-            times = times[(times >= 0.0) & (times < duration)]
-        return times
+            times = times[times < duration]
+        # Onsets closer than the detector can separate (two objects hit together) are one
+        # audible onset: keep the first of each such group.
+        keep = [i for i in range(times.numel()) if i == 0 or times[i] - times[i - 1] >= self.detector.min_separation]
+        return times[keep]
+
+    def scores_onsets(self, meta: Mapping[str, Any]) -> bool:
+        """Whether a clip's onsets are scored (it holds no textured event)."""
+        return not any(event.get("type") in self.textured_event_types for event in meta.get("events", []))
 
     def update(
         self,
@@ -319,16 +376,18 @@ class SyntheticWorldMetric(Metric):
             duration = None if seconds_total is None else float(seconds_total[i])
             n = preds.shape[-1] if duration is None else min(preds.shape[-1], round(duration * sr))
             pred = preds[i, :, :n]
-            reference = self.reference_onsets(clip_meta, n / sr)
-            estimated = self.detector(pred, sr)
-            match = match_onsets(reference, estimated, self.tolerance)
-            values = {
-                "tp": match.true_positives,
-                "fp": match.false_positives,
-                "fn": match.false_negatives,
-                "offset_sum": float(match.offsets.abs().sum()),
-                "clips": 1.0,
-            }
+            values = {"clips": 1.0}
+            if self.scores_onsets(clip_meta):
+                reference = self.reference_onsets(clip_meta, n / sr)
+                estimated = self.detector(pred, sr)
+                match = match_onsets(reference, estimated[estimated >= self.ignore_start], self.tolerance)
+                values.update(
+                    tp=match.true_positives,
+                    fp=match.false_positives,
+                    fn=match.false_negatives,
+                    offset_sum=float(match.offsets.abs().sum()),
+                    onset_clips=1.0,
+                )
             if target is not None and pred.shape[0] == 2 and target.shape[1] == 2:
                 corr, ild_err = pan_correlation(pred, target[i, :, :n], sr)
                 if not math.isnan(corr):
@@ -344,7 +403,7 @@ class SyntheticWorldMetric(Metric):
 
         Keys: ``onset_precision``, ``onset_recall``, ``onset_f1``, ``sync_offset`` (mean
         absolute offset of matched onsets, seconds), ``pan_corr``, ``ild_mae_db``,
-        ``num_clips``. Undefined values (no matches, no stereo) are NaN.
+        ``num_clips``. Undefined values (no matches, no stereo, only textured clips) are NaN.
         """
         names = ["", *(f"/{c}" for c in self.categories), "/other"]
         results: dict[str, Tensor] = {}
@@ -354,11 +413,14 @@ class SyntheticWorldMetric(Metric):
             if row > 0 and clips == 0:
                 continue
             tp, fp, fn = self.tp[row], self.fp[row], self.fn[row]
-            # Empty sides follow mir_eval: nothing to find and nothing found is perfect,
-            # otherwise an empty side scores 0.
-            precision = tp / (tp + fp) if tp + fp > 0 else (torch.ones_like(tp) if fn == 0 else torch.zeros_like(tp))
-            recall = tp / (tp + fn) if tp + fn > 0 else (torch.ones_like(tp) if fp == 0 else torch.zeros_like(tp))
-            f1 = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) > 0 else torch.ones_like(tp)
+            if self.onset_clips[row] == 0:  # only textured clips: onsets are undefined
+                precision = recall = f1 = nan
+            else:
+                # Empty sides follow mir_eval: nothing to find and nothing found is perfect,
+                # otherwise an empty side scores 0.
+                precision = tp / (tp + fp) if tp + fp > 0 else (torch.ones_like(tp) if fn == 0 else torch.zeros_like(tp))
+                recall = tp / (tp + fn) if tp + fn > 0 else (torch.ones_like(tp) if fp == 0 else torch.zeros_like(tp))
+                f1 = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) > 0 else torch.ones_like(tp)
             results[f"onset_precision{suffix}"] = precision
             results[f"onset_recall{suffix}"] = recall
             results[f"onset_f1{suffix}"] = f1

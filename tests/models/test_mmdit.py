@@ -118,6 +118,18 @@ def test_cached_conditions_and_batched_guidance_match_plain_calls():
     torch.testing.assert_close(fused, separate, rtol=1e-4, atol=1e-4)
 
 
+@torch.no_grad()
+def test_batched_guidance_pads_streams_of_different_lengths():
+    model = tiny_model()
+    inputs = make_inputs(2, audio_len=12, clip_len=3, sync_len=7, text_len=4)
+    conds = {k: inputs[k] for k in ("seconds_start", "seconds_total", "clip", "sync", "text")}
+    negative = {**conds, "clip": None, "sync": None, "text": torch.randn(2, 9, TEXT)}  # a longer negative prompt
+    guided = model.guided_velocity_fn(model.prepare_conditions(12, **conds),
+                                      model.prepare_conditions(12, **negative), cfg_strength=3.0)
+    expected = 3.0 * call(model, inputs) - 2.0 * call(model, {**inputs, **negative})
+    torch.testing.assert_close(guided(inputs["x"], inputs["t"]), expected, rtol=1e-5, atol=1e-4)
+
+
 def test_sync_resampling_interpolates_in_time_and_never_reads_padding():
     rate = 24.0
     times = torch.arange(40, dtype=torch.float64) / (44100 / 1024)

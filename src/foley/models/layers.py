@@ -1,13 +1,11 @@
 """Generic transformer building blocks shared by foley's networks.
 
-Precision policy (the reason these layers exist instead of plain ``torch.nn`` ones):
-the networks may be cast to bfloat16 with ``module.to(torch.bfloat16)`` for fast
-inference on CPUs with AMX/AVX512-BF16 and on GPUs. Matrix products then run in the
-weights' dtype, but every statistic that overflows or loses precision in bf16 is
-computed in float32: normalisation statistics, sinusoidal features, rotary angles and
-the residual stream itself (see :class:`foley.models.mmdit.MMDiT`). Under
-``torch.autocast`` with float32 weights the same code runs the matmuls in the autocast
-dtype and everything else in float32.
+Precision policy: networks may be cast to bfloat16 with ``module.to(torch.bfloat16)``
+for fast inference on CPUs with AMX/AVX512-BF16 and on GPUs, without autocast. Matrix
+products then run in bf16; every statistic that would overflow or lose precision in bf16
+accumulates in float32 (normalisation statistics inside the kernels, sinusoidal
+features, rotary angles). Under ``torch.autocast`` with float32 weights the same code
+runs the matmuls in the autocast dtype and keeps the residual stream in float32.
 """
 from __future__ import annotations
 

@@ -29,17 +29,22 @@ Structure (Kling-Foley / MMAudio design, our own implementation):
   pooling, mask-aware sync interpolation). There is no positional table, so any
   duration works.
 
-Precision: the residual streams are float32; matrix products run in the weights'
-dtype. ``model.to(torch.bfloat16)`` gives fast CPU (AMX) and GPU inference without
-autocast; norms, RoPE and embeddings compute in float32 internally (see
-:mod:`foley.models.layers`). Under ``torch.autocast`` with float32 weights the
-matmuls run in the autocast dtype. The forward pass has no host synchronisation on
-accelerators.
+Precision: the residual streams live in the weights' dtype. Training keeps float32
+weights (optionally under ``torch.autocast``, where the matmuls run in bf16 and the
+residual stays float32). For inference, ``model.to(torch.bfloat16)`` runs everything in
+bf16 without autocast (on CPU, autocast's casts made a comparable network 3x slower):
+LayerNorm and the Q/K RMS statistics accumulate in float32 inside their kernels, the
+timestep/duration features and the RoPE angles are computed in float32/float64, and
+the output is returned in the dtype of ``x``. Measured deviation from float32 at the
+tiny test size with deliberately large random weights: 1e-2 relative (bound 3e-2 in
+tests/models/test_mmdit.py). The forward pass
+has no host synchronisation on accelerators (checked with CUDA's sync debug mode in
+benchmarks/bench_mmdit.py).
 """
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -117,43 +122,40 @@ class ConditionCache:
     def cat(caches: list[ConditionCache]) -> ConditionCache:
         """Concatenates caches along the batch (e.g. cond + uncond for batched CFG).
 
-        Token counts must agree (pad the conditions to equal lengths before preparing).
+        CLIP and text streams of different lengths (a negative prompt, an absent
+        modality) are padded with masked tokens, which leaves every output unchanged.
         """
         first = caches[0]
         for other in caches[1:]:
-            for name in ("clip_tokens", "text_tokens"):
-                if getattr(other, name).shape[1:] != getattr(first, name).shape[1:]:
-                    raise ValueError(f"cannot batch condition caches: {name} shapes "
-                                     f"{tuple(getattr(first, name).shape)} and "
-                                     f"{tuple(getattr(other, name).shape)} differ; pad to equal length")
             if other.audio_length != first.audio_length:
                 raise ValueError("cannot batch condition caches with different audio lengths "
                                  f"({first.audio_length} vs {other.audio_length})")
-
-        def cat_masks(name: str, length: int) -> Tensor | None:
-            masks = [getattr(c, name) for c in caches]
-            if all(m is None for m in masks):
-                return None
-            return torch.cat([
-                m if m is not None else torch.ones(c.batch_size, length, dtype=torch.bool,
-                                                   device=c.clip_tokens.device)
-                for m, c in zip(masks, caches)])
-
-        joint_length = first.audio_length + first.clip_tokens.shape[1] + first.text_tokens.shape[1]
-        merged = {}
-        for f in fields(ConditionCache):
-            values = [getattr(c, f.name) for c in caches]
-            if f.name in ("audio_length", "audio_cos", "audio_sin", "clip_cos", "clip_sin"):
-                merged[f.name] = values[0]
-            elif f.name == "audio_mask":
-                merged[f.name] = cat_masks(f.name, first.audio_length)
-            elif f.name == "joint_mask":
-                merged[f.name] = cat_masks(f.name, joint_length)
-            elif f.name == "sync_modulation":
-                merged[f.name] = [torch.cat(parts) for parts in zip(*values)]
-            else:
-                merged[f.name] = torch.cat(values)
-        return ConditionCache(**merged)
+        clip_length = max(c.clip_tokens.shape[1] for c in caches)
+        text_length = max(c.text_tokens.shape[1] for c in caches)
+        audio_masks, joint_masks, clips, texts = [], [], [], []
+        for c in caches:
+            device = c.clip_tokens.device
+            real = lambda n: torch.ones(c.batch_size, n, dtype=torch.bool, device=device)  # noqa: E731
+            audio_mask = c.audio_mask if c.audio_mask is not None else real(c.audio_length)
+            joint = c.joint_mask if c.joint_mask is not None else real(
+                c.audio_length + c.clip_tokens.shape[1] + c.text_tokens.shape[1])
+            split = (c.audio_length, c.clip_tokens.shape[1], c.text_tokens.shape[1])
+            mask_audio, mask_clip, mask_text = joint.split(split, dim=1)
+            clip_pad, text_pad = clip_length - split[1], text_length - split[2]
+            clips.append(F.pad(c.clip_tokens, (0, 0, 0, clip_pad)))
+            texts.append(F.pad(c.text_tokens, (0, 0, 0, text_pad)))
+            joint_masks.append(torch.cat([mask_audio, F.pad(mask_clip, (0, clip_pad)),
+                                          F.pad(mask_text, (0, text_pad))], dim=1))
+            audio_masks.append(audio_mask)
+        longest_clip = max(caches, key=lambda c: c.clip_tokens.shape[1])
+        return ConditionCache(
+            audio_length=first.audio_length,
+            clip_tokens=torch.cat(clips), text_tokens=torch.cat(texts),
+            audio_mask=_mask_or_none(torch.cat(audio_masks)), joint_mask=_mask_or_none(torch.cat(joint_masks)),
+            audio_cos=first.audio_cos, audio_sin=first.audio_sin,
+            clip_cos=longest_clip.clip_cos, clip_sin=longest_clip.clip_sin,
+            global_cond=torch.cat([c.global_cond for c in caches]),
+            sync_modulation=[torch.cat(parts) for parts in zip(*(c.sync_modulation for c in caches))])
 
 
 def _mask_or_none(mask: Tensor) -> Tensor | None:

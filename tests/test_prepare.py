@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,17 +18,10 @@ from foley.prepare import REPORT_NAME, prepare
 SR = 44100
 
 
-def _index_frames(count: int, height: int, width: int) -> np.ndarray:
-    index = np.arange(count)
-    frames = np.zeros((count, height, width, 3), dtype=np.uint8)
-    frames[..., 0] = (16 * (index % 16) + 8)[:, None, None]
-    frames[..., 1] = (16 * (index // 16) + 8)[:, None, None]
-    return frames
-
-
-def _decode_index(frames: np.ndarray) -> np.ndarray:
-    patch = frames[:, frames.shape[1] // 2, 2:6].astype(float).mean(axis=1)
-    return (np.clip(np.round((patch[:, 1] - 8) / 16), 0, 15) * 16 + np.clip(np.round((patch[:, 0] - 8) / 16), 0, 15)).astype(int)
+# Frame-index colour coding shared with the data-module tests.
+_spec = importlib.util.spec_from_file_location("foley_test_clips", Path(__file__).parent / "data_modules" / "_clips.py")
+clips = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(clips)
 
 
 def _tone(channels: int, seconds: float, rate: int) -> np.ndarray:
@@ -40,9 +35,9 @@ def _tone(channels: int, seconds: float, rate: int) -> np.ndarray:
 def odd_inputs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("videos")
     ntsc = Fraction(30000, 1001)
-    write_video(folder / "ntsc.mp4", _index_frames(69, 48, 64), ntsc, audio=_tone(2, 69 / float(ntsc), SR), sample_rate=SR, threads=1)
-    write_video(folder / "portrait.mov", _index_frames(30, 64, 32), 25, audio=_tone(1, 1.2, 48000), sample_rate=48000, threads=1)
-    write_video(folder / "silent.mp4", _index_frames(25, 32, 32), 25, threads=1)
+    write_video(folder / "ntsc.mp4", clips.index_frames(69, 48, 64), ntsc, audio=_tone(2, 69 / float(ntsc), SR), sample_rate=SR, threads=1)
+    write_video(folder / "portrait.mov", clips.index_frames(30, 64, 32), 25, audio=_tone(1, 1.2, 48000), sample_rate=48000, threads=1)
+    write_video(folder / "silent.mp4", clips.index_frames(25, 32, 32), 25, threads=1)
     (folder / "empty.mp4").write_bytes(b"")
     good = (folder / "ntsc.mp4").read_bytes()
     (folder / "truncated.mkv").write_bytes(good[: len(good) // 3])
@@ -86,7 +81,7 @@ def test_prepare_folder_of_odd_videos(odd_inputs, tmp_path):
     assert int(batch["sync_mask"][row].sum()) == 25 and float(batch["seconds_total"][row]) == 1.0
     sync = batch["sync_frames"][row].permute(0, 2, 3, 1).numpy()
     expected = 29 + np.floor(np.arange(25) / 25.0 * 30000 / 1001 + 1e-6).astype(int)
-    np.testing.assert_array_equal(_decode_index(sync), expected)
+    np.testing.assert_array_equal(clips.decode_index(sync), expected)
 
 
 def test_prepared_clip_frames_are_exact(odd_inputs, tmp_path):
@@ -103,7 +98,7 @@ def test_prepared_clip_frames_are_exact(odd_inputs, tmp_path):
     with tarfile.open(out / "shard-000000.tar") as tar:
         mp4 = tar.extractfile("portrait.mp4").read()
     video = VideoFile(mp4)
-    np.testing.assert_array_equal(_decode_index(video.frames(range(len(video)))), np.arange(30))
+    np.testing.assert_array_equal(clips.decode_index(video.frames(range(len(video)))), np.arange(30))
 
 
 def test_manifest_with_captions_and_spans(odd_inputs, tmp_path):

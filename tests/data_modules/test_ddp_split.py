@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -50,11 +51,11 @@ SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_ddp_ranks_read_disjoint_samples(tmp_path):
-    sys.path.insert(0, str(Path(__file__).parent))
-    from _clips import make_clip, write_shards
-
+    spec = importlib.util.spec_from_file_location("foley_test_clips", Path(__file__).with_name("_clips.py"))
+    clips = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(clips)
     shards = tmp_path / "shards"
-    write_shards(shards, [make_clip(1.0, 25, key=f"k{i}") for i in range(6)], shard_size=3)
+    clips.write_shards(shards, [clips.make_clip(1.0, 25, key=f"k{i}") for i in range(6)], shard_size=3)
     script = tmp_path / "ddp.py"
     script.write_text(SCRIPT)
     env = dict(os.environ, PYTHONWARNINGS="ignore")

@@ -6,7 +6,6 @@ import importlib.util
 import io
 import json
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +18,10 @@ from foley.io.media import resample
 from foley.io.shards import ShardWriter
 
 
-def _load_clips():
-    spec = importlib.util.spec_from_file_location("dm_test_clips", Path(__file__).with_name("_clips.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-clips = _load_clips()
+# Shared test clips (frame index coded in colour); loaded by path because tests are not a package.
+_spec = importlib.util.spec_from_file_location("foley_test_clips", Path(__file__).with_name("_clips.py"))
+clips = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(clips)
 SR = 44100
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -17,15 +16,10 @@ from foley.io.media import encode_video_bytes, write_video
 from foley.io.video import VideoError, VideoFile, probe_video, read_frames_at, resize_frames, stream_length, stream_times
 
 
-def _load_clips():
-    spec = importlib.util.spec_from_file_location("dm_test_clips", Path(__file__).with_name("_clips.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-clips = _load_clips()
+# Shared test clips (frame index coded in colour); loaded by path because tests are not a package.
+_spec = importlib.util.spec_from_file_location("foley_test_clips", Path(__file__).with_name("_clips.py"))
+clips = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(clips)
 
 
 @pytest.mark.parametrize("source_fps", [Fraction(30000, 1001), Fraction(60), Fraction(25)])

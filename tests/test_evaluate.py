@@ -26,7 +26,7 @@ def _clip(index: int) -> dict:
     for t in onsets:
         audio[:, round(t * SR)] += torch.tensor([0.8, 0.2])
     return {"audio": audio, "seconds_total": torch.tensor(1.3), "key": f"vid/{index}",
-            "meta": {"category": ["impacts", "rolling"][index % 2], "events": [{"onset": t} for t in onsets]}}
+            "meta": {"category": ["impacts", "rolling"][index % 2], "events": [{"onset": t, "type": "impact"} for t in onsets]}}
 
 
 def _collate(examples: list[dict]) -> dict:

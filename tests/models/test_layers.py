@@ -5,7 +5,15 @@ import math
 
 import torch
 
-from foley.models.layers import MLP, RMSNorm, SinusoidalEmbedding, joint_attention, layer_norm, modulate
+from foley.models.layers import (
+    MLP,
+    RMSNorm,
+    SinusoidalEmbedding,
+    joint_attention,
+    layer_norm,
+    modulate,
+    rms_normalize,
+)
 
 
 def test_rms_norm_matches_formula_and_keeps_bf16_accurate():
@@ -23,6 +31,16 @@ def test_rms_norm_matches_formula_and_keeps_bf16_accurate():
     assert out.dtype == torch.bfloat16
     exact = reference(x_bf16.float())
     assert ((out.float() - exact).abs() / exact.abs().clamp_min(1e-3)).max() < 2**-7
+
+
+def test_rms_normalize_in_bf16_has_only_rounding_error():
+    # Squares of values ~1e3 summed over 64 channels would be far off if accumulated in bf16.
+    x = (torch.randn(4, 3, 10, 64) * 1000).bfloat16()
+    out = rms_normalize(x)
+    assert out.dtype == torch.bfloat16
+    xd = x.double()
+    exact = xd / xd.pow(2).mean(-1, keepdim=True).sqrt()
+    assert ((out.double() - exact).abs() / exact.abs().clamp_min(1e-2)).max() < 3 * 2**-8
 
 
 def test_bf16_layer_norm_accumulates_in_float32_and_modulate_matches_formula():

@@ -133,3 +133,23 @@ def test_nothing_written_exits_non_zero(odd_inputs, tmp_path):
         bad = tmp_path / "bad.jsonl"
         bad.write_text(json.dumps({"file": "x.mp4"}) + "\n")
         prepare([str(bad)], tmp_path / "bad-out")
+
+
+def test_parallel_workers_and_downscaling_match_serial(odd_inputs, tmp_path):
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    inputs = [str(odd_inputs / "ntsc.mp4"), str(odd_inputs / "portrait.mov"), str(odd_inputs / "empty.mp4")]
+    prepare(inputs, serial, clip_seconds=1.0, min_seconds=0.5, max_short_side=32)
+    prepare(inputs, parallel, clip_seconds=1.0, min_seconds=0.5, max_short_side=32, workers=2)
+    reports = [json.loads((folder / REPORT_NAME).read_text()) for folder in (serial, parallel)]
+    assert reports[0]["clips"] == reports[1]["clips"] and reports[0]["skipped"] == reports[1]["skipped"]
+    assert len(reports[0]["clips"]) == 3 and len(reports[0]["skipped"]) == 3
+    import tarfile
+
+    with tarfile.open(parallel / "shard-000000.tar") as tar:
+        metas = {m.name: json.loads(tar.extractfile(m).read()) for m in tar.getmembers() if m.name.endswith(".json")}
+        ntsc = VideoFile(tar.extractfile("ntsc-00000000.mp4").read())
+    # 64 x 48 -> short side 32 (even sizes, aspect kept); the 32 px wide portrait clip is left alone.
+    assert (metas["ntsc-00000000.json"]["width"], metas["ntsc-00000000.json"]["height"]) == (42, 32)
+    assert (ntsc.width, ntsc.height) == (42, 32)
+    assert (metas["portrait-00000000.json"]["width"], metas["portrait-00000000.json"]["height"]) == (32, 64)
+    np.testing.assert_array_equal(clips.decode_index(ntsc.frames(range(len(ntsc)))), np.arange(30))

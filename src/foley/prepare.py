@@ -13,7 +13,9 @@ import csv
 import json
 import logging
 import math
+import multiprocessing
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -24,7 +26,7 @@ import numpy as np
 from foley.io.atomic import atomic_write_json
 from foley.io.media import MediaError, as_fraction, decode_audio_track, encode_audio_bytes, encode_video_bytes
 from foley.io.shards import ShardWriter
-from foley.io.video import VideoError, VideoFile
+from foley.io.video import VideoError, VideoFile, resize_frames
 
 __all__ = ["prepare", "SourceItem", "read_manifest", "find_videos", "VIDEO_EXTENSIONS", "REPORT_NAME"]
 
@@ -185,6 +187,132 @@ def _segments(start: float, end: float, clip_seconds: float | None) -> list[tupl
     return spans
 
 
+@dataclass(frozen=True)
+class _CutSettings:
+    clip_seconds: float | None
+    min_seconds: float
+    sample_rate: int
+    crf: int
+    max_short_side: int | None
+    encoder_threads: int
+
+
+_Skip = dict[str, Any]
+_Clip = tuple[str, dict[str, Any], dict[str, Any]]  # (key stem, sample members, report entry)
+
+
+def _skip_entry(item: SourceItem, reason: str, span: tuple[float, float] | None = None) -> _Skip:
+    entry: dict[str, Any] = {"file": str(item.path), "reason": reason}
+    if span is not None:
+        entry["start"], entry["end"] = round(span[0], 6), round(span[1], 6)
+    return entry
+
+
+def _scaled_size(height: int, width: int, max_short_side: int | None) -> tuple[int, int] | None:
+    """Even output size with the short side at most ``max_short_side`` (None: keep)."""
+    if max_short_side is None or min(height, width) <= max_short_side:
+        return None
+    scale = max_short_side / min(height, width)
+    return max(2, 2 * round(height * scale / 2)), max(2, 2 * round(width * scale / 2))
+
+
+def _cut_file(item: SourceItem, settings: _CutSettings) -> tuple[list[_Clip], list[_Skip]]:
+    """Cut one source into encoded clips; every problem becomes a skip entry, never an exception."""
+    sample_rate = settings.sample_rate
+    try:
+        video = VideoFile(item.path)
+        rate, video_start, audio_start = _stream_starts(item.path)
+        wave, _ = decode_audio_track(item.path, sample_rate=sample_rate)
+    except (VideoError, MediaError, OSError) as exc:
+        return [], [_skip_entry(item, str(exc))]
+    except Exception as exc:  # noqa: BLE001 - any decoder failure skips this file only
+        return [], [_skip_entry(item, f"{item.path}: cannot read ({type(exc).__name__}: {exc})")]
+    # Put audio on the video clock: time 0 is the first video frame.
+    lead = round((audio_start - video_start) * sample_rate)
+    if lead > 0:
+        wave = np.pad(wave, ((0, 0), (lead, 0)))
+    elif lead < 0:
+        wave = wave[:, -lead:]
+    fps = as_fraction(rate) if rate else as_fraction(video.fps)
+    available = min(video.duration, wave.shape[1] / sample_rate)
+    start = item.start or 0.0
+    end = available if item.end is None else min(item.end, available)
+    if end - start < settings.min_seconds:
+        reason = (
+            f"only {max(0.0, end - start):.3f} s usable (video {video.duration:.3f} s, audio "
+            f"{wave.shape[1] / sample_rate:.3f} s), shorter than min_seconds={settings.min_seconds}"
+        )
+        return [], [_skip_entry(item, reason, (start, end))]
+    clips: list[_Clip] = []
+    skips: list[_Skip] = []
+    for span in _segments(start, end, settings.clip_seconds):
+        # Start each clip where a source frame starts, so re-timed frame k is exactly
+        # source frame j0 + k for constant-rate sources.
+        span = (float(video.starts[video.indices_at(np.array([span[0]]))[0]]), span[1])
+        duration = span[1] - span[0]
+        if duration < settings.min_seconds:
+            skips.append(_skip_entry(item, f"clip of {duration:.3f} s is shorter than min_seconds={settings.min_seconds}", span))
+            continue
+        try:
+            # Enough frames that the video covers the whole audio span (decord stamps are float32).
+            count = max(1, math.ceil(duration * float(fps) - 1e-3))
+            frames = video.frames_at(span[0] + np.arange(count) / float(fps))
+            size = _scaled_size(frames.shape[1], frames.shape[2], settings.max_short_side)
+            if size is not None:
+                frames = resize_frames(frames, size, "resize").permute(0, 2, 3, 1).numpy()
+            first = round(span[0] * sample_rate)
+            audio = wave[:, first : first + round(duration * sample_rate)]
+            height, width = frames.shape[1:3]
+            meta = {
+                "caption": item.caption,
+                "category": "",
+                "duration": audio.shape[1] / sample_rate,
+                "fps": float(fps),
+                "sample_rate": sample_rate,
+                "width": int(width + width % 2),
+                "height": int(height + height % 2),
+                "events": [],
+                "source": {"generator": "foley.prepare", "path": str(item.path), "start": span[0], "end": span[1], "channels": int(wave.shape[0])},
+            }
+            members = {
+                "mp4": encode_video_bytes(frames, fps, crf=settings.crf, pad_odd=True, threads=settings.encoder_threads),
+                "flac": encode_audio_bytes(audio, sample_rate),
+                "json": meta,
+            }
+        except (VideoError, MediaError) as exc:
+            skips.append(_skip_entry(item, str(exc), span))
+            continue
+        whole = settings.clip_seconds is None and item.start is None
+        stem = item.path.stem if whole else f"{item.path.stem}-{round(span[0] * 1000):08d}"
+        clips.append((stem, members, {"file": str(item.path), "start": span[0], "end": span[1]}))
+    return clips, skips
+
+
+_WORKER_SETTINGS: _CutSettings | None = None
+
+
+def _init_worker(settings: _CutSettings) -> None:
+    global _WORKER_SETTINGS
+    _WORKER_SETTINGS = settings
+
+
+def _cut_in_worker(item: SourceItem) -> tuple[list[_Clip], list[_Skip]]:
+    assert _WORKER_SETTINGS is not None
+    return _cut_file(item, _WORKER_SETTINGS)
+
+
+def _cut_all(items: list[SourceItem], settings: _CutSettings, workers: int) -> Iterator[tuple[list[_Clip], list[_Skip]]]:
+    """Results per source, in input order."""
+    if workers <= 1:
+        for item in items:
+            yield _cut_file(item, settings)
+        return
+    # spawn: decoders and torch thread pools do not survive fork reliably.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=_init_worker, initargs=(settings,)) as pool:
+        yield from pool.imap(_cut_in_worker, items)
+
+
 def prepare(
     inputs: list[str] | str,
     out: Path,
@@ -197,7 +325,9 @@ def prepare(
     caption_column: str = "caption",
     start_column: str = "start",
     end_column: str = "end",
+    max_short_side: int | None = None,
     crf: int = 18,
+    workers: int = 1,
 ) -> int:
     """Cut videos into clips and write them as shards.
 
@@ -216,7 +346,11 @@ def prepare(
         caption_column: Manifest column holding the caption.
         start_column: Manifest column holding the start time in seconds.
         end_column: Manifest column holding the end time in seconds.
+        max_short_side: Downscale frames whose short side is larger (aspect kept);
+            ``None`` keeps the source size. Training resizes to 224 px anyway, and
+            smaller clips decode much faster.
         crf: x264 quality of the re-encoded clips (lower is better).
+        workers: Processes cutting and encoding files in parallel.
 
     Returns:
         Number of clips written.
@@ -228,90 +362,27 @@ def prepare(
         raise ValueError(f"clip_seconds must be positive, got {clip_seconds}")
     if min_seconds < 0:
         raise ValueError(f"min_seconds must be >= 0, got {min_seconds}")
+    if max_short_side is not None and max_short_side < 2:
+        raise ValueError(f"max_short_side must be >= 2, got {max_short_side}")
     out = Path(out)
     columns = {"path_column": path_column, "caption_column": caption_column, "start_column": start_column, "end_column": end_column}
     items = _collect([str(i) for i in ([inputs] if isinstance(inputs, (str, Path)) else inputs)], columns)
-    skipped: list[dict[str, Any]] = []
+    settings = _CutSettings(clip_seconds, min_seconds, sample_rate, crf, max_short_side, encoder_threads=1 if workers > 1 else 0)
+    skipped: list[_Skip] = []
     written: list[dict[str, Any]] = []
     used_keys: set[str] = set()
 
-    def skip(item: SourceItem, reason: str, span: tuple[float, float] | None = None) -> None:
-        entry: dict[str, Any] = {"file": str(item.path), "reason": reason}
-        if span is not None:
-            entry["start"], entry["end"] = round(span[0], 6), round(span[1], 6)
-        skipped.append(entry)
-        log.warning("skipping %s%s: %s", item.path, f" [{span[0]:.3f}, {span[1]:.3f}) s" if span else "", reason)
-
     with ShardWriter(out, shard_size=shard_size, overwrite=overwrite) as writer:
-        for item in items:
-            try:
-                video = VideoFile(item.path)
-                rate, video_start, audio_start = _stream_starts(item.path)
-                wave, _ = decode_audio_track(item.path, sample_rate=sample_rate)
-            except (VideoError, MediaError, OSError) as exc:
-                skip(item, str(exc))
-                continue
-            except Exception as exc:  # noqa: BLE001 - any decoder failure skips this file only
-                skip(item, f"cannot read ({type(exc).__name__}: {exc})")
-                continue
-            # Put audio on the video clock: time 0 is the first video frame.
-            lead = round((audio_start - video_start) * sample_rate)
-            if lead > 0:
-                wave = np.pad(wave, ((0, 0), (lead, 0)))
-            elif lead < 0:
-                wave = wave[:, -lead:]
-            fps = as_fraction(rate) if rate else as_fraction(video.fps)
-            available = min(video.duration, wave.shape[1] / sample_rate)
-            start = item.start or 0.0
-            end = available if item.end is None else min(item.end, available)
-            if end - start < min_seconds:
-                skip(item, f"only {max(0.0, end - start):.3f} s usable (video {video.duration:.3f} s, audio {wave.shape[1] / sample_rate:.3f} s), shorter than min_seconds={min_seconds}", (start, end))
-                continue
-            for span in _segments(start, end, clip_seconds):
-                # Start each clip where a source frame starts, so re-timed frame k is
-                # exactly source frame j0 + k for constant-rate sources.
-                span = (float(video.starts[video.indices_at(np.array([span[0]]))[0]]), span[1])
-                duration = span[1] - span[0]
-                if duration < min_seconds:
-                    skip(item, f"clip of {duration:.3f} s is shorter than min_seconds={min_seconds}", span)
-                    continue
-                try:
-                    # Enough frames that the video covers the whole audio span.
-                    count = max(1, math.ceil(duration * float(fps) - 1e-3))  # decord stamps are float32
-                    frames = video.frames_at(span[0] + np.arange(count) / float(fps))
-                    first = round(span[0] * sample_rate)
-                    audio = wave[:, first : first + round(duration * sample_rate)]
-                    name = item.path.stem if clip_seconds is None and item.start is None else f"{item.path.stem}-{round(span[0] * 1000):08d}"
-                    key = _key_for(name, used_keys)
-                    height, width = frames.shape[1:3]
-                    meta = {
-                        "key": key,
-                        "caption": item.caption,
-                        "category": "",
-                        "duration": audio.shape[1] / sample_rate,
-                        "fps": float(fps),
-                        "sample_rate": sample_rate,
-                        "width": int(width + width % 2),
-                        "height": int(height + height % 2),
-                        "events": [],
-                        "source": {
-                            "generator": "foley.prepare",
-                            "path": str(item.path),
-                            "start": span[0],
-                            "end": span[1],
-                            "channels": int(wave.shape[0]),
-                        },
-                    }
-                    sample = {
-                        "mp4": encode_video_bytes(frames, fps, crf=crf, pad_odd=True),
-                        "flac": encode_audio_bytes(audio, sample_rate),
-                        "json": meta,
-                    }
-                except (VideoError, MediaError) as exc:
-                    skip(item, str(exc), span)
-                    continue
-                writer.write(key, sample)
-                written.append({"key": key, "file": str(item.path), "start": span[0], "end": span[1]})
+        for clips, skips in _cut_all(items, settings, workers):
+            for entry in skips:
+                span = f" [{entry['start']:.3f}, {entry['end']:.3f}) s" if "start" in entry else ""
+                log.warning("skipping %s%s: %s", entry["file"], span, entry["reason"])
+            skipped.extend(skips)
+            for stem, members, entry in clips:
+                key = _key_for(stem, used_keys)
+                members["json"]["key"] = key
+                writer.write(key, members)
+                written.append({"key": key, **entry})
     shards = writer.shards
 
     report = {
@@ -319,7 +390,7 @@ def prepare(
         "skipped": skipped,
         "shards": shards,
         "clips": written,
-        "settings": {"clip_seconds": clip_seconds, "min_seconds": min_seconds, "sample_rate": sample_rate, "shard_size": shard_size},
+        "settings": {"clip_seconds": clip_seconds, "min_seconds": min_seconds, "sample_rate": sample_rate, "shard_size": shard_size, "max_short_side": max_short_side},
     }
     atomic_write_json(out / REPORT_NAME, report)
     log.info("prepare: wrote %d clip(s) in %d shard(s) to %s; skipped %d (see %s)", len(written), len(shards), out, len(skipped), out / REPORT_NAME)

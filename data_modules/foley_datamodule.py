@@ -414,6 +414,13 @@ class FoleyDataModule(LightningDataModule):
         self.persistent_workers = persistent_workers
         self._skipped: SkipCounter | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A shared counter may only travel to processes started from here (ddp_spawn
+        # pickles the DataModule); each process then counts its own skips.
+        state = self.__dict__.copy()
+        state["_skipped"] = None
+        return state
+
     @property
     def skipped(self) -> int:
         """Samples (or shards) skipped as undecodable so far, over all workers of this process."""

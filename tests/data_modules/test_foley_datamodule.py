@@ -6,6 +6,7 @@ import importlib.util
 import io
 import json
 import logging
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -191,6 +192,7 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path, caplog, num_workers):
         batches = list(dm.val_dataloader())
     assert sorted(k for b in batches for k in b["key"]) == ["good", "good2"]
     assert dm.skipped == 3  # counted in worker processes too
+    assert pickle.loads(pickle.dumps(dm)).skipped == 0  # picklable after use (ddp_spawn)
     if num_workers == 0:  # worker-process log records do not reach caplog
         assert "bad-video" in caplog.text and "bad-audio" in caplog.text and "no audio member" in caplog.text
 

@@ -159,6 +159,37 @@ def test_bf16_copy_matches_fp32_and_handles_unseen_durations():
     assert torch.isfinite(call(fast, long)).all()
 
 
+def test_autocast_and_gradient_checkpointing_match_the_plain_float32_pass():
+    model = tiny_model().train()
+    inputs = make_inputs(2, audio_len=16, clip_len=3, sync_len=8, text_len=4)
+    reference = call(model, inputs)
+    reference.square().mean().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    model.gradient_checkpointing = True
+    out = call(model, inputs)
+    out.square().mean().backward()
+    torch.testing.assert_close(out, reference)
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(parameter.grad, grads[name], rtol=1e-4, atol=1e-5, msg=name)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = call(model, inputs)
+    assert mixed.dtype == torch.float32
+    assert (mixed - reference).norm() / reference.norm() < 3e-2
+
+
+@torch.no_grad()
+def test_model_places_clip_frames_and_latents_on_one_time_axis():
+    model = MMDiT(latent_dim=LATENT, hidden_dim=64, num_heads=1, joint_depth=1, audio_depth=0,
+                  clip_dim=CLIP, sync_dim=SYNC, text_dim=TEXT, clip_rate=30.0)
+    cache = model.prepare_conditions(736, seconds_start=torch.zeros(1), seconds_total=torch.full((1,), 17.1),
+                                     clip=torch.randn(1, 513, CLIP))
+    # Frame 512 at 30 fps and latent 735 at 44100/1024 Hz both show t = 17.0667 s.
+    torch.testing.assert_close(cache.clip_cos[512], cache.audio_cos[735], rtol=0, atol=1e-6)
+    torch.testing.assert_close(cache.clip_sin[512], cache.audio_sin[735], rtol=0, atol=1e-6)
+    assert (cache.clip_cos[511] - cache.audio_cos[735]).abs().max() > 1e-2
+
+
 def test_bad_inputs_raise_clear_errors():
     model = tiny_model()
     inputs = make_inputs(1, audio_len=5, clip_len=2, sync_len=3, text_len=2)

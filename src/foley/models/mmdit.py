@@ -49,6 +49,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from foley.flow import FlowMatching
 from foley.models.layers import (
@@ -279,13 +280,17 @@ class MMDiT(nn.Module):
         max_text_tokens: longest accepted text sequence (a guard against passing
             untruncated encoder outputs; there is no positional table).
         rope_base: base of the rotary frequencies.
+        gradient_checkpointing: recompute each block in the backward pass instead of
+            storing its activations (training only; ~30 % slower, much less memory for
+            the large sizes or long clips).
     """
 
     def __init__(self, latent_dim: int = 40, hidden_dim: int = 448, num_heads: int = 7,
                  joint_depth: int = 4, audio_depth: int = 8, mlp_ratio: float = 4.0,
                  clip_dim: int = 1024, sync_dim: int = 768, text_dim: int = 768,
                  latent_rate: float = 44100 / 1024, clip_rate: float = 8.0, sync_rate: float = 24.0,
-                 max_text_tokens: int = 77, rope_base: float = 10000.0) -> None:
+                 max_text_tokens: int = 77, rope_base: float = 10000.0,
+                 gradient_checkpointing: bool = False) -> None:
         super().__init__()
         if hidden_dim % num_heads or (hidden_dim // num_heads) % 2:
             raise ValueError(f"hidden_dim must split into num_heads heads of even size (64 in the "
@@ -299,6 +304,7 @@ class MMDiT(nn.Module):
         self.clip_dim, self.sync_dim, self.text_dim = clip_dim, sync_dim, text_dim
         self.latent_rate, self.clip_rate, self.sync_rate = float(latent_rate), float(clip_rate), float(sync_rate)
         self.max_text_tokens = max_text_tokens
+        self.gradient_checkpointing = gradient_checkpointing
         self.rope = AlignedRoPE(hidden_dim // num_heads, latent_rate, rope_base)
         d = hidden_dim
 
@@ -462,12 +468,17 @@ class MMDiT(nn.Module):
         audio = linear(self.audio_in, x).to(self.audio_in.weight.dtype)
         clip, text = cache.clip_tokens, cache.text_tokens
         for i, block in enumerate(self.joint_blocks):
-            audio, clip, text = block(audio, clip, text, cond, cache.sync_modulation[i], cache)
+            audio, clip, text = self._run(block, audio, clip, text, cond, cache.sync_modulation[i], cache)
         offset = len(self.joint_blocks)
         for i, block in enumerate(self.audio_blocks):
-            audio = block(audio, cond, cache.sync_modulation[offset + i], cache)
+            audio = self._run(block, audio, cond, cache.sync_modulation[offset + i], cache)
         shift, scale = (linear(self.final_modulation, cond)[:, None] + cache.sync_modulation[-1]).chunk(2, dim=-1)
         return linear(self.final_out, modulate(layer_norm(audio), shift, 1 + scale)).to(x.dtype)
+
+    def _run(self, block: nn.Module, *args: object):
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
 
     def forward(self, x: Tensor, t: Tensor, *, seconds_start: Tensor, seconds_total: Tensor,
                 clip: Tensor | None = None, clip_mask: Tensor | None = None,

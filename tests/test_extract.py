@@ -1,39 +1,31 @@
 from __future__ import annotations
 
 import json
+import sys
 import tarfile
+from pathlib import Path
 
 import pytest
 import torch
 
 from foley.extract import done_keys, extract
-from foley.models.bigvgan import BigVGAN
-from foley.models.codec import Codec
-from foley.models.mel import LogMelSpectrogram
-from foley.models.mel_vae import MelVAE
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _stage2_parts import save_tiny_codec  # noqa: E402
 
 CONFIG = "configs/tiny/stage2.yaml"
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory) -> dict:
-    from foley.synth.world import synth
-
+def inputs(tmp_path_factory, synth_shards) -> dict:
+    # Two 2 s clips; the tiny config extracts their first second.
     root = tmp_path_factory.mktemp("extract")
-    torch.manual_seed(0)
-    mel = LogMelSpectrogram(n_mels=16)
-    vae = MelVAE(n_mels=16, latent_channels=40, hidden_channels=16, encoder_layers=2, decoder_layers=2)
-    vocoder = BigVGAN(num_mels=16, upsample_rates=(8, 8, 8), upsample_kernel_sizes=(16, 16, 16),
-                      upsample_initial_channel=16, resblock_kernel_sizes=(3,), resblock_dilation_sizes=((1,),))
-    codec = root / "codec.pt"
-    Codec(vae, vocoder, mel).save(codec)
-    shards = synth(root / "shards", clips=3, seconds=1.0, size=32, shard_size=2, categories=["drum", "bouncing_ball"])
-    return {"root": root, "codec": str(codec), "shards": str(shards)}
+    return {"root": root, "codec": save_tiny_codec(root / "codec.pt"), "shards": synth_shards["val"]}
 
 
 def run_extract(inputs: dict, out, **kwargs):
     return extract(CONFIG, inputs["shards"], out, codec_checkpoint=inputs["codec"], batch_size=2, num_workers=0,
-                   accelerator="cpu", devices=1, shard_size=2, dtype="float32", **kwargs)
+                   accelerator="cpu", devices=1, shard_size=1, dtype="float32", **kwargs)
 
 
 def feature_shard_keys(out) -> list[str]:
@@ -57,14 +49,14 @@ def test_extract_round_trip_matches_online_features(inputs, extracted):
 
     out = extracted
     index = json.loads((out / "index.json").read_text())
-    assert index["total"] == 3 and sorted(feature_shard_keys(out)) == sorted(done_keys(out))
+    assert index["total"] == 2 and sorted(feature_shard_keys(out)) == sorted(done_keys(out))
 
     cli = FoleyCLI(args=["--config", CONFIG, f"--model.init_args.codec_checkpoint={inputs['codec']}",
                          "--trainer.logger=false"], run=False)
     module = cli.model
     raw = FoleyDataModule(val_shards=inputs["shards"], clip_seconds=1.0, clip_size=32, sync_size=32,
-                          batch_size=3, num_workers=0)
-    features = FoleyDataModule(val_shards=str(out), clip_seconds=1.0, batch_size=3, num_workers=0, load_video=False)
+                          batch_size=2, num_workers=0)
+    features = FoleyDataModule(val_shards=str(out), clip_seconds=1.0, batch_size=2, num_workers=0, load_video=False)
     raw_batch = next(iter(raw.val_dataloader()))
     feature_batch = next(iter(features.val_dataloader()))
     order = [feature_batch["key"].index(k) for k in raw_batch["key"]]
@@ -90,7 +82,7 @@ def test_extract_resumes_and_overwrites(inputs, extracted):
     out = extracted
     first = sorted(feature_shard_keys(out))
     shard_files = sorted(out.glob("features-*.tar"))
-    assert len(shard_files) == 2  # shard_size 2, 3 samples
+    assert len(shard_files) == 2  # shard_size 1, 2 samples
     # Nothing left to do: no new shards.
     run_extract(inputs, out)
     assert sorted(out.glob("features-*.tar")) == shard_files
@@ -98,7 +90,7 @@ def test_extract_resumes_and_overwrites(inputs, extracted):
     shard_files[0].unlink()
     run_extract(inputs, out)
     assert sorted(feature_shard_keys(out)) == first
-    assert json.loads((out / "index.json").read_text())["total"] == 3
+    assert json.loads((out / "index.json").read_text())["total"] == 2
     run_extract(inputs, out, overwrite=True)
     assert sorted(feature_shard_keys(out)) == first
     assert len(list(out.glob("features-*.tar"))) == 2

@@ -2,18 +2,19 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from foley.encoders import ClipEncoder, SynchformerEncoder, TextEncoder
 from foley.flow import FlowMatching
-from foley.models.bigvgan import BigVGAN
-from foley.models.codec import Codec
-from foley.models.mel import LogMelSpectrogram
-from foley.models.mel_vae import MelVAE
 from foley.models.mmdit import MMDiT
 from foley.stages.flow_module import FlowModule
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _stage2_parts import save_tiny_codec, tiny_codec  # noqa: E402
 
 SR = 44100
 CLIP_CONFIG = {
@@ -23,14 +24,6 @@ CLIP_CONFIG = {
 }
 SYNC_ARGS = dict(crop_size=32, patch_size=16, dim=32, depth=1, num_heads=2)
 T5_CONFIG = {"vocab_size": 384, "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1, "num_heads": 4}
-
-
-def tiny_codec() -> Codec:
-    mel = LogMelSpectrogram(n_mels=16)
-    vae = MelVAE(n_mels=16, latent_channels=4, hidden_channels=16, encoder_layers=2, decoder_layers=2)
-    vocoder = BigVGAN(num_mels=16, upsample_rates=(8, 8, 8), upsample_kernel_sizes=(16, 16, 16),
-                      upsample_initial_channel=16, resblock_kernel_sizes=(3,), resblock_dilation_sizes=((1,),))
-    return Codec(vae, vocoder, mel)
 
 
 def tiny_network() -> MMDiT:
@@ -240,30 +233,19 @@ def test_frozen_parts_stay_in_eval_mode(parts):
 
 
 @pytest.fixture(scope="module")
-def cli_inputs(tmp_path_factory) -> dict:
-    from foley.synth.world import synth
-
-    root = tmp_path_factory.mktemp("stage2_cli")
-    torch.manual_seed(0)
-    mel = LogMelSpectrogram(n_mels=16)
-    vae = MelVAE(n_mels=16, latent_channels=40, hidden_channels=16, encoder_layers=2, decoder_layers=2)
-    vocoder = BigVGAN(num_mels=16, upsample_rates=(8, 8, 8), upsample_kernel_sizes=(16, 16, 16),
-                      upsample_initial_channel=16, resblock_kernel_sizes=(3,), resblock_dilation_sizes=((1,),))
-    codec_path = root / "codec.pt"
-    Codec(vae, vocoder, mel).save(codec_path)
-    shards = synth(root / "shards", clips=3, seconds=1.0, size=32, categories=["drum", "bouncing_ball"])
-    return {"root": root, "codec": str(codec_path), "shards": str(shards)}
+def codec_checkpoint(tmp_path_factory) -> str:
+    return save_tiny_codec(tmp_path_factory.mktemp("stage2_codec") / "codec.pt")
 
 
-def test_cli_smoke_fit_and_checkpoint_round_trip(cli_inputs):
+def test_cli_smoke_fit_and_checkpoint_round_trip(codec_checkpoint, synth_shards, tmp_path):
     from foley.cli import main
 
-    run_dir = cli_inputs["root"] / "run"
+    run_dir = tmp_path / "run"
     main([
         "fit", "--config", "configs/tiny/stage2.yaml",
-        f"--model.init_args.codec_checkpoint={cli_inputs['codec']}",
-        f"--data.init_args.train_shards={cli_inputs['shards']}",
-        f"--data.init_args.val_shards={cli_inputs['shards']}",
+        f"--model.init_args.codec_checkpoint={codec_checkpoint}",
+        f"--data.init_args.train_shards={synth_shards['train']}",
+        f"--data.init_args.val_shards={synth_shards['val']}",
         "--trainer.max_steps=2", "--trainer.limit_val_batches=1",
         f"--trainer.default_root_dir={run_dir}",
     ])

@@ -91,4 +91,5 @@ def test_joint_attention_ignores_masked_keys():
         scores = q[b] @ k[b, :, :n].transpose(-1, -2) / math.sqrt(8)
         expected = (scores.softmax(-1) @ v[b, :, :n]).transpose(0, 1).reshape(6, 24)
         torch.testing.assert_close(out[b], expected, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(joint_attention(q, k, v, None), joint_attention(q, k, v, torch.ones(2, 6, dtype=torch.bool)))
+    all_real = torch.ones(2, 6, dtype=torch.bool)
+    torch.testing.assert_close(joint_attention(q, k, v, None), joint_attention(q, k, v, all_real))

@@ -426,7 +426,7 @@ class MMDiT(nn.Module):
 
         # Sync: project at its own rate, substitute the placeholder, interpolate to the
         # audio latent instants, then one linear map per audio-stream block.
-        audio_times = torch.arange(audio_length, device=device, dtype=torch.float64) / self.latent_rate
+        audio_times = torch.arange(audio_length, device=device, dtype=torch.float32) / self.latent_rate
         if sync is None:
             sync_h = self.sync_placeholder.expand(batch, 1, -1)
             sync_len = torch.ones(batch, dtype=torch.long, device=device)

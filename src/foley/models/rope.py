@@ -64,8 +64,9 @@ class AlignedRoPE:
         """Float32 cos/sin tables (..., T, head_dim) for the given positions.
 
         Angles are formed in float64 (float32 angles are off by ~1e-3 rad after ten
-        thousand positions; on MPS, which lacks float64, on the CPU). The returned ``sin`` is sign-folded (first half
-        negated) so that :func:`apply_rope` is two multiply-adds on a half-swapped tensor.
+        thousand positions; on MPS, which lacks float64, on the CPU). The returned
+        ``sin`` is sign-folded (first half negated) so that :func:`apply_rope` is two
+        multiply-adds on a half-swapped tensor.
         """
         work_device = "cpu" if positions.device.type == "mps" else positions.device
         angles = positions.detach().to(work_device, torch.float64)[..., None]

@@ -117,3 +117,48 @@ def test_per_category_copies_share_the_embedder_and_match_separate_runs() -> Non
 def test_markdown_renders_nan_as_dash() -> None:
     text = format_markdown({"overall": {"fd": float("nan"), "kl": 1.23456, "num_clips": 3.0}, "per_category": {}})
     assert "| overall | – | 1.235 | 3 |" in text
+
+
+class TruthGenerator(pl.LightningModule):
+    """Returns the ground truth: the exact evaluator must then score (nearly) perfectly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def generate(self, batch: dict) -> torch.Tensor:
+        return batch["audio"].clone()
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        return None
+
+
+@pytest.mark.slow
+def test_foley_test_config_on_synthetic_shards(tmp_path: Path) -> None:
+    world = pytest.importorskip("foley.synth.world")
+    from lightning.pytorch.cli import LightningCLI
+
+    shards = world.synth(tmp_path / "synth", clips=6, seconds=2.0, seed=3, fps=8.0, size=32, sample_rate=16000)
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        "trainer: {accelerator: cpu, devices: 1, default_root_dir: " + str(tmp_path / "run") + ", enable_progress_bar: false}\n"
+        "data:\n  class_path: foley.data_modules.FoleyDataModule\n  init_args: {sample_rate: 16000, clip_seconds: 2.0,"
+        " clip_fps: 4.0, clip_size: 16, sync_fps: 8.0, sync_size: 16, batch_size: 4, num_workers: 0}\n"
+    )
+    config = Path(__file__).resolve().parents[1] / "configs" / "tiny" / "test_synthetic.yaml"
+    LightningCLI(
+        model_class=TruthGenerator, subclass_mode_data=True, parser_kwargs={"parser_mode": "omegaconf"},
+        save_config_kwargs={"overwrite": True}, seed_everything_default=0,
+        args=["test", "--config", str(base), "--config", str(config), f"--data.init_args.test_shards={shards}"],
+    )
+    reports = list((tmp_path / "run").rglob("evaluation/report.json"))
+    assert len(reports) == 1
+    report = json.loads(reports[0].read_text())
+    assert report["num_clips"] == 6
+    assert report["overall"]["onset_f1"] > 0.95
+    # rank-deficient (6 clips, 32 features): sqrt of ~1e-12 null-space eigenvalues leaves ~1e-5
+    assert report["overall"]["fd_spectral"] == pytest.approx(0.0, abs=1e-3)
+    assert report["overall"]["kl_spectral"] == pytest.approx(0.0, abs=1e-9)
+    assert sum(row["num_clips"] for row in report["per_category"].values()) == 6
+    assert report["config"]["data"]["init_args"]["test_shards"] == str(shards)
+    assert len(list(reports[0].parent.glob("generated/*.wav"))) == 6

@@ -73,6 +73,11 @@ def test_fd_with_fewer_samples_than_features_warns_and_stays_finite() -> None:
     assert value == pytest.approx(64.0, rel=1e-6)  # same covariance, every mean shifted by 1
     with pytest.raises(ValueError, match="features"):
         metric.update(torch.randn(2, 65), real=True)
+    single = FrechetDistance(4)
+    single.update(torch.randn(1, 4), real=True)
+    single.update(torch.randn(5, 4), real=False)
+    with pytest.warns(UserWarning, match="at least 2"):
+        assert math.isnan(float(single.compute()))
 
 
 def test_paired_kl_direction_and_mean_over_clips() -> None:

@@ -70,10 +70,11 @@ class FrechetDistance(Metric):
         setattr(self, f"{side}_sum", getattr(self, f"{side}_sum") + x.sum(0))
         setattr(self, f"{side}_outer", getattr(self, f"{side}_outer") + x.T @ x)
 
-    def _moments(self, side: str) -> tuple[Tensor, Tensor]:
+    def _moments(self, side: str) -> tuple[Tensor, Tensor] | None:
         n = getattr(self, f"{side}_n")
         if n < 2:
-            raise ValueError(f"FrechetDistance needs at least 2 {side} embeddings, got {int(n)}")
+            warnings.warn(f"FrechetDistance: {int(n)} {side} embeddings; at least 2 are needed, returning NaN", stacklevel=3)
+            return None
         if n < self.num_features:
             warnings.warn(
                 f"FrechetDistance: {int(n)} {side} embeddings for {self.num_features} features; the covariance is "
@@ -86,6 +87,8 @@ class FrechetDistance(Metric):
         return mean, covariance
 
     def compute(self) -> Tensor:
-        mu1, sigma1 = self._moments("real")
-        mu2, sigma2 = self._moments("fake")
-        return frechet_distance(mu1, sigma1, mu2, sigma2)
+        """The distance; NaN (with a warning) when either set has fewer than 2 embeddings."""
+        real, fake = self._moments("real"), self._moments("fake")
+        if real is None or fake is None:
+            return torch.tensor(float("nan"), dtype=torch.float64)
+        return frechet_distance(*real, *fake)

@@ -82,3 +82,14 @@ def test_ddp_two_cpu_processes(synth_shards, tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     ckpts = list(root.rglob("*.ckpt"))
     assert ckpts, "DDP run wrote no checkpoint"
+
+
+def test_tool_flags_accept_dashes_and_bare_booleans(tmp_path):
+    out = tmp_path / "synth"
+    main(["synth", "--out", str(out), "--clips", "2", "--seconds", "1", "--shard-size", "1", "--size", "32"])
+    assert sorted(p.name for p in out.glob("*.tar")) == ["shard-000000.tar", "shard-000001.tar"]
+    with pytest.raises(SystemExit) as exc:  # existing output is refused, not overwritten
+        main(["synth", "--out", str(out), "--clips", "1", "--seconds", "1", "--size", "32"])
+    assert exc.value.code == 2
+    main(["synth", "--out", str(out), "--clips", "1", "--seconds", "1", "--size", "32", "--overwrite"])
+    assert [p.name for p in out.glob("*.tar")] == ["shard-000000.tar"]

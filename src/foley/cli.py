@@ -9,6 +9,8 @@ their ``--help`` comes from their signatures and docstrings.
 from __future__ import annotations
 
 import importlib
+import inspect
+import typing
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -70,12 +72,39 @@ def run_tool(name: str, argv: Sequence[str]) -> Any:
     function = _resolve(target)
     parser = ArgumentParser(prog=f"foley {name}", description=help_text, parser_mode="omegaconf")
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with the arguments below.")
-    parser.add_function_arguments(function, as_positional=True)
-    cfg = parser.parse_args(list(argv))
+    # Input files are positional (`foley generate a.mp4 b.mp4 --out DIR`); everything
+    # else is an option, so `--out` reads the same in every tool.
+    positional = "inputs" in inspect.signature(function).parameters
+    parser.add_function_arguments(function, as_positional=False, skip={"inputs"} if positional else None)
+    if positional:
+        parser.add_argument("inputs", nargs="+", help="Video files or folders (or manifests).")
+    cfg = parser.parse_args(_normalise_tool_argv(function, argv))
     cfg.pop("config", None)
     kwargs = parser.instantiate_classes(cfg).as_dict()
     kwargs.pop("config", None)
     return function(**kwargs)
+
+
+def _normalise_tool_argv(function: Callable[..., Any], argv: Sequence[str]) -> list[str]:
+    """Accepts ``--shard-size`` as well as ``--shard_size`` and bare boolean flags.
+
+    Tool parameters use underscores and jsonargparse wants a value for booleans; users
+    type ``--negative-prompt`` and ``--overwrite`` as in any Unix tool.
+    """
+    hints = typing.get_type_hints(function)
+    flags = {name for name, hint in hints.items() if hint is bool}
+    out: list[str] = []
+    args = list(argv)
+    for i, arg in enumerate(args):
+        if arg.startswith("--"):
+            name, sep, value = arg[2:].partition("=")
+            name = name.replace("-", "_")
+            arg = "--" + name + sep + value
+            following = args[i + 1] if i + 1 < len(args) else None
+            if name in flags and not sep and (following is None or following.startswith("-")):
+                arg += "=true"
+        out.append(arg)
+    return out
 
 
 def overview() -> str:
@@ -101,7 +130,13 @@ def main(args: Sequence[str] | None = None) -> Any:
     if argv[0] in TOOL_COMMANDS:
         if not logging.getLogger().handlers:
             logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        return run_tool(argv[0], argv[1:])
+        try:
+            return run_tool(argv[0], argv[1:])
+        except (FileExistsError, FileNotFoundError, ValueError) as error:
+            # A user mistake (bad path, existing output, bad value): say what and exit,
+            # without a traceback that hides the message.
+            logger.error("foley %s: %s", argv[0], error)
+            raise SystemExit(2) from error
     if argv[0] not in LIGHTNING_COMMANDS and not argv[0].startswith("-"):
         sys.stderr.write(f"foley: unknown command {argv[0]!r}\n\n{overview()}\n")
         raise SystemExit(2)

@@ -85,6 +85,18 @@ def test_absent_modality_uses_the_placeholder_and_equals_dropping_it(modality):
     torch.testing.assert_close(call(model, inputs), full)  # present modality ignores it
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("modality", ["clip", "sync", "text"])
+def test_a_sample_with_an_empty_mask_counts_as_missing(modality):
+    model = tiny_model()
+    inputs = make_inputs(2, audio_len=15, clip_len=3, sync_len=9, text_len=5)
+    empty = torch.ones(2, inputs[modality].shape[1], dtype=torch.bool)
+    empty[1] = False
+    out = call(model, inputs, **{f"{modality}_mask": empty})
+    dropped = call(model, inputs, **{f"drop_{modality}": torch.tensor([False, True])})
+    torch.testing.assert_close(out, dropped, rtol=1e-5, atol=1e-5)
+
+
 def test_every_parameter_gets_a_gradient_when_all_modalities_are_present():
     model = tiny_model().train()
     inputs = make_inputs(2, audio_len=10, clip_len=2, sync_len=6, text_len=3)

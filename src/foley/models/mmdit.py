@@ -381,6 +381,7 @@ class MMDiT(nn.Module):
         first_only = torch.zeros_like(mask)
         first_only[:, 0] = True
         drop = torch.zeros(batch, dtype=torch.bool, device=device) if drop is None else drop.to(device)
+        drop = drop | ~mask.any(dim=1)  # a sample without any real token has the modality missing
         hidden = torch.where(drop[:, None, None], placeholder, hidden)
         mask = torch.where(drop[:, None], first_only, mask.bool())
         return hidden, mask
@@ -434,9 +435,13 @@ class MMDiT(nn.Module):
             sync_h = linear(self.sync_in, sync).to(self.sync_placeholder.dtype)
             if drop_sync is None:  # still routed through where() to keep the placeholder in the graph (DDP)
                 drop_sync = torch.zeros(batch, dtype=torch.bool, device=device)
-            sync_h = torch.where(drop_sync.to(device)[:, None, None], self.sync_placeholder, sync_h)
-            sync_len = (sync_mask.sum(1) if sync_mask is not None
-                        else torch.full((batch,), sync.shape[1], dtype=torch.long, device=device))
+            drop_sync = drop_sync.to(device)
+            if sync_mask is not None:
+                sync_len = sync_mask.sum(1)
+                drop_sync = drop_sync | (sync_len == 0)  # no real token: the modality is missing
+            else:
+                sync_len = torch.full((batch,), sync.shape[1], dtype=torch.long, device=device)
+            sync_h = torch.where(drop_sync[:, None, None], self.sync_placeholder, sync_h)
         sync_at_audio = resample_to_times(sync_h, sync_len, self.sync_rate, audio_times)
         sync_embedding = F.silu(self.sync_mlp(sync_at_audio))
         dtype = self.sync_placeholder.dtype
@@ -459,6 +464,8 @@ class MMDiT(nn.Module):
         """Velocity for noisy latents ``x`` (B, T_a, latent_dim) at times ``t`` (B,)."""
         if x.dim() != 3 or x.shape[-1] != self.latent_dim:
             raise ValueError(f"x must have shape (B, T, {self.latent_dim}), got {tuple(x.shape)}")
+        if t.dim() == 0:
+            t = t.expand(x.shape[0])
         if x.shape[1] != cache.audio_length or x.shape[0] != cache.batch_size:
             raise ValueError(f"x has shape {tuple(x.shape)} but the conditions were prepared for "
                              f"batch {cache.batch_size} and {cache.audio_length} latent frames")
@@ -501,7 +508,8 @@ class MMDiT(nn.Module):
             text_mask: (B, T_t) True on real tokens.
             audio_mask: (B, T_a) True on real latent frames.
             drop_clip, drop_sync, drop_text: (B,) bool, replace that modality by its
-                placeholder for the flagged samples (condition dropout / CFG).
+                placeholder for the flagged samples (condition dropout / CFG). A sample
+                whose mask has no real token for a modality is treated as dropped.
 
         Returns:
             (B, T_a, latent_dim) velocity in the dtype of ``x``.

@@ -224,21 +224,25 @@ def decode_sample(
     }
 
     if video is not None:
-        specs = [("clip_frames", clip_stream), ("sync_frames", sync_stream)]
-        times = [stream_times(start, duration, spec.fps) if spec else np.zeros(0) for _, spec in specs]
-        # One decode pass for both streams: they mostly share source frames.
+        streams = [(name, spec) for name, spec in (("clip_frames", clip_stream), ("sync_frames", sync_stream)) if spec is not None]
+        wanted = [video.indices_at(stream_times(start, duration, spec.fps)) for _, spec in streams]
+        # Decode each needed source frame once, and resize it once per output geometry:
+        # with equal sizes the CLIP stream's frames are a subset of the sync stream's.
+        unique, inverse = np.unique(np.concatenate(wanted), return_inverse=True)
         try:
-            frames = video.frames(video.indices_at(np.concatenate(times)))
+            decoded = video.frames(unique)
         except Exception as exc:
             raise SampleError(str(exc)) from exc
-        offset = 0
-        for (name, spec), stream in zip(specs, times):
-            if spec is None:
-                continue
-            part = frames[offset : offset + len(stream)]
-            offset += len(stream)
-            example[name] = resize_frames(part, spec.size, spec.crop)
-            assert example[name].shape[0] == stream_length(duration, spec.fps)
+        positions = np.split(inverse.reshape(-1), np.cumsum([len(w) for w in wanted])[:-1])
+        for geometry in {(spec.size, spec.crop) for _, spec in streams}:
+            members = [i for i, (_, spec) in enumerate(streams) if (spec.size, spec.crop) == geometry]
+            needed, local = np.unique(np.concatenate([positions[i] for i in members]), return_inverse=True)
+            frames = resize_frames(decoded[needed], *geometry)
+            local = np.split(local.reshape(-1), np.cumsum([len(positions[i]) for i in members])[:-1])
+            for i, stream_positions in zip(members, local):
+                name, spec = streams[i]
+                example[name] = frames[torch.from_numpy(stream_positions)]
+                assert example[name].shape[0] == stream_length(duration, spec.fps)
 
     for member, data in sample.items():
         if member.endswith(TENSOR_SUFFIX) and data is not None:

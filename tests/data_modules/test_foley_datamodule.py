@@ -70,15 +70,16 @@ def _check_example(batch, row, clip, fps_sync=25.0, fps_clip=8.0):
         assert not batch[name][row, count:].any()
 
 
-def test_validation_batches_match_ground_truth(dataset):
+@pytest.mark.parametrize("clip_size,clip_crop", [(32, "center"), (24, "resize")])
+def test_validation_batches_match_ground_truth(dataset, clip_size, clip_crop):
     path, truth = dataset
-    dm = _module(path, clip_seconds=1.6)
+    dm = _module(path, clip_seconds=1.6, clip_size=clip_size, clip_crop=clip_crop)
     batches = list(dm.val_dataloader())
     keys = [k for b in batches for k in b["key"]]
     assert keys == ["c0", "c1", "c2", "ntsc"]  # deterministic order, every sample once
     for batch in batches:
         assert batch["audio"].dtype == torch.float32 and batch["sync_frames"].dtype == torch.uint8
-        assert batch["sync_frames"].shape[2:] == (3, 32, 32) and batch["clip_frames"].shape[2:] == (3, 32, 32)
+        assert batch["sync_frames"].shape[2:] == (3, 32, 32) and batch["clip_frames"].shape[2:] == (3, clip_size, clip_size)
         for row, key in enumerate(batch["key"]):
             assert float(batch["seconds_start"][row]) == 0.0
             _check_example(batch, row, truth[key])

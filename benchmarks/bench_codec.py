@@ -131,8 +131,15 @@ def evaluate(codec: Codec, clips: torch.Tensor, device: torch.device) -> dict[st
 
 def bench_quality(args: argparse.Namespace, device: torch.device) -> None:
     torch.manual_seed(0)
-    train = synthetic_clips(args.train_clips, args.clip_seconds, seed=0, first_index=0)
-    held_out = synthetic_clips(args.eval_clips, args.clip_seconds, seed=1, first_index=10_000)
+    if args.clips_file:
+        # Pre-rendered clips (see --save-clips): same data on machines without the video stack.
+        stored = np.load(args.clips_file)
+        train, held_out = torch.from_numpy(stored["train"]), torch.from_numpy(stored["held_out"])
+    else:
+        train = synthetic_clips(args.train_clips, args.clip_seconds, seed=0, first_index=0)
+        held_out = synthetic_clips(args.eval_clips, args.clip_seconds, seed=1, first_index=10_000)
+    if args.save_clips:
+        np.savez(args.save_clips, train=train.numpy(), held_out=held_out.numpy())
     codec = small_codec(args.hidden, args.layers, args.vocoder_channels)
     module = CodecModule(
         codec,
@@ -176,7 +183,7 @@ def bench_quality(args: argparse.Namespace, device: torch.device) -> None:
     after = evaluate(module.codec.to(device), held_out, device)
     print(f"[quality] small codec: {sum(p.numel() for p in codec.parameters()) / 1e6:.2f} M params, "
           f"trained {steps} steps in {elapsed:.0f} s on {device} (batch {args.batch_size} x {args.clip_seconds} s, "
-          f"{args.train_clips} train clips), held-out {args.eval_clips} synthetic-world clips")
+          f"{train.shape[0]} train clips), held-out {held_out.shape[0]} synthetic-world clips")
     print(f"[quality] {'metric':<16}{'untrained':>12}{'trained':>12}")
     for key in before:
         print(f"[quality] {key:<16}{before[key]:>12.3f}{after[key]:>12.3f}")
@@ -195,6 +202,8 @@ def main() -> None:
     parser.add_argument("--train-clips", type=int, default=32)
     parser.add_argument("--eval-clips", type=int, default=8)
     parser.add_argument("--clip-seconds", type=float, default=1.0)
+    parser.add_argument("--clips-file", default=None, help="read train/held-out clips from this .npz")
+    parser.add_argument("--save-clips", default=None, help="also write the clips used to this .npz")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=8)

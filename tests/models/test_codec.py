@@ -167,3 +167,17 @@ def test_from_checkpoint_errors_are_clear(tmp_path: Path) -> None:
     torch.save({"state_dict": {"x": torch.zeros(1)}}, bare)
     with pytest.raises(ValueError, match="architecture"):
         Codec.from_checkpoint(bare)
+
+
+@torch.no_grad()
+def test_fit_latent_stats_standardises_the_data_set() -> None:
+    codec = _tiny_codec()
+    batches = [
+        {"audio_mono": torch.stack([_tone(0.5, f), _tone(0.5, 2 * f, 0.1)]), "audio_mask": torch.ones(2, 22050, dtype=torch.bool)}
+        for f in (220.0, 660.0, 1500.0)
+    ]
+    frames = codec.fit_latent_stats(batches)
+    assert frames == 3 * 2 * math.ceil(22050 / 1024)
+    latents = torch.cat([codec.encode(b["audio_mono"]) for b in batches]).transpose(1, 2).reshape(-1, 8)
+    torch.testing.assert_close(latents.mean(0), torch.zeros(8), atol=1e-4, rtol=0)
+    torch.testing.assert_close(latents.std(0, unbiased=False), torch.ones(8), atol=1e-3, rtol=0)

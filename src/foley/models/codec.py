@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -184,6 +184,35 @@ class Codec(nn.Module):
         self.latent_mean.copy_(new_mean.to(self.latent_mean.dtype))
         self.latent_std.copy_(new_var.clamp_min(1e-8).sqrt().to(self.latent_std.dtype))
         self.latent_stats_count.add_(count)
+
+    @torch.no_grad()
+    def fit_latent_stats(self, batches: Iterable[Mapping[str, Tensor] | Tensor], max_batches: int | None = None) -> int:
+        """Recompute the latent statistics exactly over a data set (replaces the running estimate).
+
+        Args:
+            batches: Batch dicts (``audio_mono`` and optional ``audio_mask``, as the DataModule yields)
+                or plain waveforms ``(B, N)`` at the codec's sample rate.
+            max_batches: Stop after this many batches.
+
+        Returns:
+            Number of latent frames the statistics were computed from.
+        """
+        self.latent_mean.zero_()
+        self.latent_std.fill_(1.0)
+        self.latent_stats_count.zero_()
+        device = self.latent_mean.device
+        for index, batch in enumerate(batches):
+            if max_batches is not None and index >= max_batches:
+                break
+            wave = batch["audio_mono"] if isinstance(batch, Mapping) else batch
+            mask = batch.get("audio_mask") if isinstance(batch, Mapping) else None
+            wave = prepare_waveform(wave.to(device), self.sample_rate, name="audio_mono")
+            mask = torch.ones_like(wave, dtype=torch.bool) if mask is None else mask.to(device).bool()
+            padded = self.pad_to_latent_grid(wave * mask)
+            mask = nn.functional.pad(mask, (0, padded.shape[-1] - mask.shape[-1]), value=False)
+            mean, _ = self.vae.encode(self.mel(padded))
+            self.update_latent_stats(mean, mask[:, :: self.samples_per_latent], momentum=None)
+        return int(self.latent_stats_count)
 
     # --------------------------------------------------------------- encode
     def encode(

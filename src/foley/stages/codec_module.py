@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -100,9 +100,9 @@ class CodecModule(LightningModule):
         pretrained_vocoder: str | None = None,
         pretrained_codec: str | None = None,
         num_logged_examples: int = 2,
-        stft_resolutions: list[tuple[int, int, int]] = [(512, 128, 512), (1024, 256, 1024), (2048, 512, 2048)],
-        mel_loss_n_ffts: list[int] = [32, 64, 128, 256, 512, 1024, 2048],
-        mel_loss_n_mels: list[int] = [5, 10, 20, 40, 80, 160, 320],
+        stft_resolutions: Sequence[Sequence[int]] = ((512, 128, 512), (1024, 256, 1024), (2048, 512, 2048)),
+        mel_loss_n_ffts: Sequence[int] = (32, 64, 128, 256, 512, 1024, 2048),
+        mel_loss_n_mels: Sequence[int] = (5, 10, 20, 40, 80, 160, 320),
     ) -> None:
         super().__init__()
         if not (train_vae or train_vocoder):

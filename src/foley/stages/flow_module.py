@@ -13,7 +13,7 @@ import logging
 import math
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
@@ -78,7 +78,7 @@ class FlowModule(LightningModule):
         cond_dropout: float = 0.1,
         cfg_strength: float = 4.5,
         sample_steps: int = 25,
-        sampler: str = "euler",
+        sampler: Literal["euler", "midpoint", "heun"] = "euler",
         sample_posterior: bool = True,
     ) -> None:
         super().__init__()
@@ -342,7 +342,7 @@ class FlowModule(LightningModule):
         cfg: float | None = None,
         seed: int | None = None,
         negative_prompt: str | list[str] | None = None,
-        method: str | None = None,
+        method: Literal["euler", "midpoint", "heun"] | None = None,
     ) -> Tensor:
         """Generate mono waveforms ``(B, 1, N)`` in [-1, 1] for a batch.
 

@@ -117,6 +117,16 @@ def test_latents_and_mask_follow_the_audio(parts):
     torch.testing.assert_close(latent[:1], alone, atol=1e-5, rtol=1e-5)
 
 
+def test_latent_targets_stay_fp32_under_bf16_autocast(parts):
+    module = make_module(parts)
+    batch = make_batch()
+    reference, _ = module.encode_latents(batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed, _ = module.encode_latents(batch)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, reference, rtol=0, atol=0)
+
+
 def test_empty_caption_and_missing_frames_drop_to_placeholders(parts):
     module = make_module(parts)
     conditions = module.encode_conditions(make_batch())
@@ -169,7 +179,7 @@ def test_generate_is_deterministic_and_exactly_as_long_as_the_clip(parts):
     assert first.abs().max() <= 1.0
     torch.testing.assert_close(module.generate(batch, steps=2, cfg=2.0, seed=11), first, rtol=0, atol=0)
     # Without audio_mask the length comes from seconds_total; another seed gives other audio.
-    no_audio = {k: v for k, v in batch.items() if k != "audio_mask"}
+    no_audio = {k: v for k, v in batch.items() if k not in ("audio_mask", "seconds_start")}
     other = module.generate(no_audio, steps=2, cfg=2.0, seed=12)
     assert other.shape == first.shape and not torch.equal(other, first)
 

@@ -203,7 +203,8 @@ class FlowModule(LightningModule):
             audio = batch["audio_mono"] if "audio_mono" in batch else batch["audio"].mean(dim=1)
             if "audio_mask" in batch:
                 audio = audio * batch["audio_mask"].to(audio.dtype)
-            with torch.no_grad():
+            # The latents are the regression targets: keep the codec in fp32 under bf16 autocast.
+            with torch.no_grad(), torch.autocast(device_type=audio.device.type, enabled=False):
                 latent = self.codec.encode(audio.float()).transpose(1, 2)
         return latent, self.latent_mask(batch, latent.shape[1])
 
@@ -212,6 +213,13 @@ class FlowModule(LightningModule):
         samples = self.sample_counts(batch)
         frames = torch.div(samples + self.samples_per_latent - 1, self.samples_per_latent, rounding_mode="floor")
         return torch.arange(length, device=frames.device)[None] < frames[:, None]
+
+    @staticmethod
+    def _seconds_start(batch: Mapping[str, Any]) -> Tensor:
+        # A batch built by hand (inference on a whole video) may leave the crop start out.
+        if "seconds_start" in batch:
+            return batch["seconds_start"]
+        return torch.zeros_like(batch["seconds_total"])
 
     def sample_counts(self, batch: Mapping[str, Any]) -> Tensor:
         """Real audio samples per batch item: from ``audio_mask``, else ``seconds_total · sr``."""
@@ -238,7 +246,7 @@ class FlowModule(LightningModule):
         """Precomputed features cover whole extracted clips; the audio crop must be that clip."""
         if "latent" not in batch:
             return
-        starts = batch["seconds_start"].tolist()
+        starts = self._seconds_start(batch).tolist()
         totals = batch["seconds_total"].tolist()
         metas = batch.get("meta") or [{}] * len(totals)
         for key, start, total, meta in zip(batch.get("key", [""] * len(totals)), starts, totals, metas):
@@ -268,7 +276,7 @@ class FlowModule(LightningModule):
         p = self.cond_dropout if dropout is None else dropout
         draws = torch.rand(len(MODALITIES), batch_size, device=device, generator=generator)
         flags = self.drop_flags(conditions, draws < p)
-        seconds_start = batch["seconds_start"].to(device).float()
+        seconds_start = self._seconds_start(batch).to(device).float()
         seconds_total = batch["seconds_total"].to(device).float()
 
         def velocity(x_t: Tensor, times: Tensor) -> Tensor:
@@ -333,6 +341,10 @@ class FlowModule(LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        """``foley predict``: generated mono waveforms ``(B, 1, N)`` with the default settings."""
+        return self.generate(batch)
+
     # --------------------------------------------------------------- generation
     @torch.no_grad()
     def generate(
@@ -372,7 +384,7 @@ class FlowModule(LightningModule):
         frames = torch.div(counts + self.samples_per_latent - 1, self.samples_per_latent, rounding_mode="floor")
         mask = torch.arange(length, device=self.device)[None] < frames[:, None]
         common = {
-            "seconds_start": batch["seconds_start"].to(self.device).float(),
+            "seconds_start": self._seconds_start(batch).to(self.device).float(),
             "seconds_total": batch["seconds_total"].to(self.device).float(),
             "audio_mask": mask,
         }
@@ -395,7 +407,8 @@ class FlowModule(LightningModule):
                 lambda x, t: network(x, t, **cond), noise, steps=steps, method=method, cfg_strength=cfg,
                 uncond_velocity_fn=(lambda x, t: network(x, t, **uncond)) if guided else None,
             )
-        wave = self.codec.decode(latent.transpose(1, 2).float(), total).float().clamp(-1.0, 1.0)
+        with torch.autocast(device_type=latent.device.type, enabled=False):
+            wave = self.codec.decode(latent.transpose(1, 2).float(), total).float().clamp(-1.0, 1.0)
         wave = wave * (torch.arange(total, device=wave.device)[None] < counts[:, None].to(wave.device))
         return wave[:, None]
 

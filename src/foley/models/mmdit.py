@@ -66,6 +66,7 @@ from foley.models.rope import AlignedRoPE, apply_rope
 
 __all__ = ["MMDiT", "ConditionCache", "resample_to_times"]
 
+
 def resample_to_times(features: Tensor, valid_length: Tensor, rate: float, times: Tensor) -> Tensor:
     """Linearly interpolates a token sequence at given instants.
 
@@ -89,7 +90,10 @@ def resample_to_times(features: Tensor, valid_length: Tensor, rate: float, times
     left_index = left.long()
     right_index = torch.minimum(left + 1, last).long()
     d = features.shape[-1]
-    gather = lambda index: torch.gather(features, 1, index[..., None].expand(-1, -1, d))  # noqa: E731
+
+    def gather(index: Tensor) -> Tensor:
+        return torch.gather(features, 1, index[..., None].expand(-1, -1, d))
+
     left_value, right_value = gather(left_index), gather(right_index)
     return torch.lerp(left_value.float(), right_value.float(), weight).to(features.dtype)
 
@@ -135,12 +139,10 @@ class ConditionCache:
         text_length = max(c.text_tokens.shape[1] for c in caches)
         audio_masks, joint_masks, clips, texts = [], [], [], []
         for c in caches:
-            device = c.clip_tokens.device
-            real = lambda n: torch.ones(c.batch_size, n, dtype=torch.bool, device=device)  # noqa: E731
-            audio_mask = c.audio_mask if c.audio_mask is not None else real(c.audio_length)
-            joint = c.joint_mask if c.joint_mask is not None else real(
-                c.audio_length + c.clip_tokens.shape[1] + c.text_tokens.shape[1])
             split = (c.audio_length, c.clip_tokens.shape[1], c.text_tokens.shape[1])
+            real = torch.ones(c.batch_size, sum(split), dtype=torch.bool, device=c.clip_tokens.device)
+            audio_mask = c.audio_mask if c.audio_mask is not None else real[:, :c.audio_length]
+            joint = c.joint_mask if c.joint_mask is not None else real
             mask_audio, mask_clip, mask_text = joint.split(split, dim=1)
             clip_pad, text_pad = clip_length - split[1], text_length - split[2]
             clips.append(F.pad(c.clip_tokens, (0, 0, 0, clip_pad)))

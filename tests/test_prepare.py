@@ -153,3 +153,33 @@ def test_parallel_workers_and_downscaling_match_serial(odd_inputs, tmp_path):
     assert (ntsc.width, ntsc.height) == (42, 32)
     assert (metas["portrait-00000000.json"]["width"], metas["portrait-00000000.json"]["height"]) == (32, 64)
     np.testing.assert_array_equal(clips.decode_index(ntsc.frames(range(len(ntsc)))), np.arange(30))
+
+
+def test_audio_stream_starting_late_stays_in_sync(tmp_path):
+    """An audio track that starts 0.2 s after the video is placed on the video clock."""
+    import av
+
+    path, fps, rate = tmp_path / "late-audio.mp4", 25, SR
+    wave = np.zeros((1, round(1.5 * rate)), np.float32)
+    wave[0, round(0.5 * rate) : round(0.5 * rate) + 300] = 0.9  # click 0.5 s into the audio track
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=fps)
+        video.width = video.height = 32
+        video.pix_fmt = "yuv420p"
+        audio = container.add_stream("aac", rate=rate)
+        audio.layout = "mono"
+        for index in range(round(1.5 * fps)):
+            frame = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
+            frame.pts, frame.time_base = index, Fraction(1, fps)
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        for offset in range(0, wave.shape[1], 1024):
+            chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave[:, offset : offset + 1024]), format="fltp", layout="mono")
+            chunk.sample_rate, chunk.pts, chunk.time_base = rate, offset + round(0.2 * rate), Fraction(1, rate)
+            container.mux(audio.encode(chunk))
+        container.mux(audio.encode(None))
+    out = tmp_path / "late"
+    prepare([str(path)], out, min_seconds=0.5)
+    dm = FoleyDataModule(val_shards=str(out), load_video=False, batch_size=1, num_workers=0)
+    batch = next(iter(dm.val_dataloader()))
+    assert np.argmax(np.abs(batch["audio"][0, 0].numpy()) > 0.5) / SR == pytest.approx(0.7, abs=2e-3)

@@ -9,7 +9,6 @@ it can be checked against the published conventions without any weights.
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -25,7 +24,6 @@ __all__ = [
     "fit_length",
     "frame_starts",
     "frame_count",
-    "vggish_frame_count",
     "synchformer_segment_count",
     "imagebind_clip_starts",
     "desync_window_starts",
@@ -82,11 +80,6 @@ def frame_count(num_samples: int, frame: int, hop: int) -> int:
 def frame_starts(num_samples: int, frame: int, hop: int) -> list[int]:
     """Start samples of the whole frames counted by :func:`frame_count`."""
     return [i * hop for i in range(frame_count(num_samples, frame, hop))]
-
-
-def vggish_frame_count(seconds: float) -> int:
-    """VGGish examples (0.96 s, non-overlapping, 16 kHz) in a clip: 8 for 8 s, 10 for 10 s."""
-    return frame_count(round(seconds * 16000), 15360, 15360)
 
 
 def synchformer_segment_count(seconds: float = 4.8) -> int:
@@ -171,7 +164,3 @@ class SpectralStatsEmbedder(AudioEmbedder):
         log_mel = torch.log(self.mel(audio) + 1e-6)
         return torch.cat([log_mel.mean(-1), log_mel.std(-1)], dim=-1), log_mel.mean(-1)
 
-
-def seconds_of(num_samples: int, sample_rate: int) -> float:
-    """Duration of ``num_samples`` at ``sample_rate``."""
-    return num_samples / sample_rate if sample_rate > 0 else math.nan

@@ -38,8 +38,15 @@ def feature_shard_keys(out) -> list[str]:
 
 @pytest.fixture(scope="module")
 def extracted(inputs):
+    from foley.cli import main
+
+    # Through the command line once, as `foley extract --fit_config CONFIG --shards IN --out OUT ...`.
     out = inputs["root"] / "features"
-    run_extract(inputs, out)
+    result = main(["extract", f"--fit_config={CONFIG}", f"--shards={inputs['shards']}", f"--out={out}",
+                   f"--codec_checkpoint={inputs['codec']}",
+                   "--batch_size=2", "--num_workers=0", "--accelerator=cpu", "--devices=1", "--shard_size=1",
+                   "--dtype=float32"])
+    assert result == out
     return out
 
 

@@ -3,7 +3,12 @@
 Training stage 2 on raw clips spends most of its compute in frozen models (MetaCLIP,
 Synchformer, T5, the codec encoder). ``extract`` runs them once, through a Lightning
 ``Trainer.predict`` so any accelerator, strategy and node count works, and writes feature
-shards that the same ``FoleyDataModule`` reads for stage 2 (with ``load_video: false``).
+shards that the same ``FoleyDataModule`` reads for stage 2 (with ``load_video: false``)::
+
+    foley extract --fit_config configs/stage2.yaml --shards 'data/shard-*.tar' --out features/ \
+        --codec_checkpoint runs/stage1/last.ckpt --accelerator gpu --devices 8 --strategy ddp
+    foley fit --config configs/stage2.yaml --data.init_args.train_shards=features/ \
+        --data.init_args.load_video=false --model.init_args.codec_checkpoint=runs/stage1/last.ckpt
 
 Per sample, a feature shard holds:
 

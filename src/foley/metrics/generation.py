@@ -20,7 +20,14 @@ from foley.metrics.inception import InceptionScore
 from foley.metrics.kl import PairedKLDivergence
 from foley.metrics.synthetic import OnsetDetector, SyntheticWorldMetric
 
-__all__ = ["GenerationMetric", "SyntheticWorldScores", "EmbeddingFrechetDistance", "ClassifierKL", "ClassifierInceptionScore"]
+__all__ = [
+    "GenerationMetric",
+    "SyntheticWorldScores",
+    "EmbedderScores",
+    "EmbeddingFrechetDistance",
+    "ClassifierKL",
+    "ClassifierInceptionScore",
+]
 
 
 class GenerationMetric(nn.Module, ABC):
@@ -164,3 +171,58 @@ class ClassifierInceptionScore(_EmbedderMetric):
 
     def reset(self) -> None:
         self.metric.reset()
+
+
+class EmbedderScores(_EmbedderMetric):
+    """FD, paired KL and IS from one embedder, embedding each clip once.
+
+    Keys are ``fd_<name>``, ``kl_<name>`` and ``is_<name>`` (e.g. ``name: panns`` gives
+    FD_PANNs, KL_PANNs and IS as in the published tables).
+
+    Args:
+        embedder: the embedding model.
+        name: suffix of the result keys.
+        fd: compute the Fréchet distance of the embeddings.
+        kl: compute the paired KL of the class logits.
+        inception: compute the Inception Score of the generated class logits.
+        splits: Inception Score splits.
+    """
+
+    def __init__(
+        self,
+        embedder: AudioEmbedder,
+        name: str,
+        fd: bool = True,
+        kl: bool = True,
+        inception: bool = True,
+        splits: int = 10,
+    ) -> None:
+        super().__init__(embedder, name)
+        if (kl or inception) and embedder.num_classes == 0:
+            raise ValueError(f"{type(embedder).__name__} has no classifier head; set kl: false and inception: false")
+        self.fd = FrechetDistance(embedder.embedding_dim) if fd else None
+        self.kl = PairedKLDivergence() if kl else None
+        self.inception = InceptionScore(splits=splits) if inception else None
+
+    def update(self, generated: Tensor, batch: Mapping[str, Any], sample_rate: int) -> None:
+        real_embedding, real_logits = self._embed(batch["audio"], sample_rate)
+        fake_embedding, fake_logits = self._embed(generated, sample_rate)
+        if self.fd is not None:
+            self.fd.update(real_embedding, real=True)
+            self.fd.update(fake_embedding, real=False)
+        if self.kl is not None:
+            self.kl.update(_logits(self.embedder, (real_embedding, real_logits)), _logits(self.embedder, (fake_embedding, fake_logits)))
+        if self.inception is not None:
+            self.inception.update(_logits(self.embedder, (fake_embedding, fake_logits)))
+
+    def compute(self) -> dict[str, Tensor]:
+        out = {}
+        for key, metric in (("fd", self.fd), ("kl", self.kl), ("is", self.inception)):
+            if metric is not None:
+                out[f"{key}_{self.name}"] = metric.compute()
+        return out
+
+    def reset(self) -> None:
+        for metric in (self.fd, self.kl, self.inception):
+            if metric is not None:
+                metric.reset()

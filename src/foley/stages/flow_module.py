@@ -171,17 +171,17 @@ class FlowModule(LightningModule):
                     features, mask = batch[f"{name}_features"], batch.get(f"{name}_features_mask")
                 elif encoder is not None and frames_key in batch:
                     features, mask = encoder(batch[frames_key], batch.get(mask_key))
-                out[name], out[f"{name}_mask"] = self._checked(name, features, mask)
+                out[name], out[f"{name}_mask"] = self._checked(features, mask)
             features, mask = None, None
             if "text_features" in batch:
                 features, mask = batch["text_features"], batch.get("text_features_mask")
             elif self.text_encoder is not None and "caption" in batch:
                 features, mask = self.text_encoder(list(batch["caption"]))
-            out["text"], out["text_mask"] = self._checked("text", features, mask)
+            out["text"], out["text_mask"] = self._checked(features, mask)
         return out
 
     @staticmethod
-    def _checked(name: str, features: Tensor | None, mask: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+    def _checked(features: Tensor | None, mask: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
         if features is None or features.shape[1] == 0:
             # e.g. a clip shorter than one CLIP frame: treat the modality as absent.
             return None, None

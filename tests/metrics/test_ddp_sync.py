@@ -38,7 +38,8 @@ DATA_CODE = textwrap.dedent(
             for t in onsets[: 2 + i % 3]:
                 wave[:, round(t * SR)] = 0.9
             waves.append(wave)
-            metas.append({"category": ["a", "b"][i % 2], "events": [{"onset": t, "type": "impact"} for t in onsets]})
+            category = "c" if i == 5 else ["a", "b"][i % 2]  # "c" exists on rank 1 only
+            metas.append({"category": category, "events": [{"onset": t, "type": "impact"} for t in onsets]})
         return emb_real, emb_fake, logits_t, logits_g, video, audio, offsets, torch.stack(waves), metas
     """
 )
@@ -54,6 +55,9 @@ WORKER = DATA_CODE + textwrap.dedent(
     from foley.metrics.inception import InceptionScore
     from foley.metrics.kl import PairedKLDivergence
     from foley.metrics.synthetic import SyntheticWorldMetric
+    from foley.evaluate import EvaluationSuite
+    from foley.metrics.generation import EmbedderScores
+    from foley.metrics.embedders import SpectralStatsEmbedder
 
     rank, store, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
@@ -64,7 +68,10 @@ WORKER = DATA_CODE + textwrap.dedent(
     fd.update(er[mine], real=True); fd.update(ef[mine], real=False)
     kl.update(lt[mine], lg[mine]); isc.update(lg[mine]); ib.update(v[mine], a[mine]); ds.update(off[mine])
     syn.update(waves[mine], waves[mine], metas[mine])
-    result = {"fd": fd.compute().item(), "kl": kl.compute().item(), "is": isc.compute().item(),
+    suite = EvaluationSuite([EmbedderScores(SpectralStatsEmbedder(SR, n_mels=4), "stats", splits=1)])
+    my_metas = metas[mine]
+    suite.update(0.5 * waves[mine], {"audio": waves[mine], "meta": my_metas}, SR)
+    result = {"suite": suite.compute(),"fd": fd.compute().item(), "kl": kl.compute().item(), "is": isc.compute().item(),
               "ib": ib.compute().item(), "desync": ds.compute().item(),
               "synthetic": {k: v.item() for k, v in syn.compute().items()}}
     if rank == 0:
@@ -99,6 +106,19 @@ def test_two_process_gloo_sync_equals_one_process(tmp_path: Path) -> None:
     ib.update(v, a)
     ds.update(off)
     syn.update(waves, waves, metas)
+    from foley.evaluate import EvaluationSuite
+    from foley.metrics.embedders import SpectralStatsEmbedder
+    from foley.metrics.generation import EmbedderScores
+
+    suite = EvaluationSuite([EmbedderScores(SpectralStatsEmbedder(SR, n_mels=4), "stats", splits=1)])
+    suite.update(0.5 * waves, {"audio": waves, "meta": metas}, SR)
+    expected_suite = suite.compute()
+    assert set(ddp["suite"]["per_category"]) == {"a", "b", "c"}
+    assert ddp["suite"]["num_clips"] == 6
+    for row in ["overall"]:
+        assert ddp["suite"][row] == pytest.approx(expected_suite[row], rel=1e-9, nan_ok=True)
+    for category, scores in expected_suite["per_category"].items():
+        assert ddp["suite"]["per_category"][category] == pytest.approx(scores, rel=1e-9, nan_ok=True), category
     single = {"fd": fd.compute().item(), "kl": kl.compute().item(), "is": isc.compute().item(),
               "ib": ib.compute().item(), "desync": ds.compute().item()}
     for key, value in single.items():

@@ -161,7 +161,7 @@ class ClassifierInceptionScore(_EmbedderMetric):
 
     def __init__(self, embedder: AudioEmbedder, splits: int = 10, name: str = "is") -> None:
         super().__init__(embedder, name)
-        self.metric = InceptionScore(splits=splits)
+        self.metric = InceptionScore(splits=splits, num_classes=embedder.num_classes)
 
     def update(self, generated: Tensor, batch: Mapping[str, Any], sample_rate: int) -> None:
         self.metric.update(_logits(self.embedder, self._embed(generated, sample_rate)))
@@ -202,7 +202,7 @@ class EmbedderScores(_EmbedderMetric):
             raise ValueError(f"{type(embedder).__name__} has no classifier head; set kl: false and inception: false")
         self.fd = FrechetDistance(embedder.embedding_dim) if fd else None
         self.kl = PairedKLDivergence() if kl else None
-        self.inception = InceptionScore(splits=splits) if inception else None
+        self.inception = InceptionScore(splits=splits, num_classes=embedder.num_classes) if inception else None
 
     def update(self, generated: Tensor, batch: Mapping[str, Any], sample_rate: int) -> None:
         real_embedding, real_logits = self._embed(batch["audio"], sample_rate)

@@ -36,20 +36,30 @@ class InceptionScore(Metric):
 
     Args:
         splits: number of chunks the clips are split into.
+        num_classes: number of classes; lets a process that saw no clips take part in the
+            DDP gather with an empty ``(0, num_classes)`` tensor (give it under DDP).
     """
 
     full_state_update = False
     higher_is_better = True
     is_differentiable = False
 
-    def __init__(self, splits: int = 10, **kwargs) -> None:
+    def __init__(self, splits: int = 10, num_classes: int | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.splits = int(splits)
+        self.num_classes = num_classes
         self.add_state("logits", default=[], dist_reduce_fx="cat")
 
     def update(self, logits: Tensor) -> None:
         """Add ``(B, C)`` class logits of generated clips."""
         self.logits.append(logits.detach().double())
+
+    def sync(self, *args, **kwargs) -> None:
+        # torchmetrics gathers an empty list state as a 1-D tensor, which does not match the
+        # (n, C) tensors of the other processes; send a correctly shaped empty one instead.
+        if isinstance(self.logits, list) and not self.logits and self.num_classes:
+            self.logits.append(torch.zeros(0, self.num_classes, dtype=torch.float64, device=self.device))
+        super().sync(*args, **kwargs)
 
     def compute(self) -> Tensor:
         """The mean over splits; NaN (with a warning) when there are fewer clips than splits."""

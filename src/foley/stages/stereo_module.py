@@ -258,7 +258,8 @@ class StereoModule(LightningModule):
         # bins no filter covers stay centred.
         coverage = basis.sum(0)
         weights = basis / coverage.clamp_min(1e-12)
-        pan_linear = torch.einsum("mk,bmf->bkf", weights, pan)
+        # Spread the deviation from centre, so an unpanned band stays exactly at 0.5 (no rounding ILD).
+        pan_linear = 0.5 + torch.einsum("mk,bmf->bkf", weights, pan - 0.5)
         pan_linear = torch.where(coverage.view(1, -1, 1) > 0, pan_linear, torch.full_like(pan_linear, 0.5))
         # Mel frame j is centred on sample j·hop + hop/2, STFT frame k (center=True) on k·hop:
         # the pan of STFT frame k is the mean of mel frames k-1 and k.

@@ -278,3 +278,15 @@ def test_foley_fit_tiny_stage1_through_the_cli(tmp_path: Path) -> None:
         torch.testing.assert_close(value, cli.model.codec.state_dict()[name].cpu(), msg=name)
     wave = torch.zeros(1, 12345)
     assert codec.decode(codec.encode(wave), 12345).shape == (1, 12345)
+
+
+def test_paper_scale_config_parses_with_resolved_interpolations(capsys: pytest.CaptureFixture) -> None:
+    from foley.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--config", str(REPO / "configs/stage1.yaml"), "--print_config"])
+    assert stop.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "${" not in printed
+    assert "upsample_initial_channel: 1536" in printed and "encoder_layers: 32" in printed
+    assert "latent_channels: 40" in printed and "load_video: false" in printed

@@ -24,8 +24,8 @@ def inputs(tmp_path_factory, synth_shards) -> dict:
 
 
 def run_extract(inputs: dict, out, **kwargs):
-    return extract(CONFIG, inputs["shards"], out, codec_checkpoint=inputs["codec"], batch_size=2, num_workers=0,
-                   accelerator="cpu", devices=1, shard_size=1, dtype="float32", **kwargs)
+    settings = {"batch_size": 2, "num_workers": 0, "accelerator": "cpu", "devices": 1, "shard_size": 1, "dtype": "float32"}
+    return extract(CONFIG, inputs["shards"], out, codec_checkpoint=inputs["codec"], **{**settings, **kwargs})
 
 
 def feature_shard_keys(out) -> list[str]:
@@ -101,3 +101,26 @@ def test_extract_resumes_and_overwrites(inputs, extracted):
     run_extract(inputs, out, overwrite=True)
     assert sorted(feature_shard_keys(out)) == first
     assert len(list(out.glob("features-*.tar"))) == 2
+
+
+@pytest.mark.slow
+def test_extract_two_processes_split_the_samples(inputs):
+    # Two CPU processes stand in for two GPUs: each rank writes its own shards and done-list,
+    # rank 0 writes the index over both after the barrier. DDP relaunches the command line,
+    # so this runs the real `foley extract` in a subprocess.
+    import os
+    import subprocess
+
+    out = inputs["root"] / "ddp"
+    config = Path(CONFIG).resolve()
+    args = ["extract", f"--fit_config={config}", f"--shards={inputs['shards']}", f"--out={out}",
+            f"--codec_checkpoint={inputs['codec']}", "--batch_size=1", "--num_workers=0", "--accelerator=cpu",
+            "--devices=2", "--strategy=ddp", "--shard_size=1", "--dtype=float32"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run([sys.executable, "-m", "foley.cli", *args], cwd=inputs["root"], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = {path.name.split("-")[1] for path in out.glob("features-*.tar")}
+    assert ranks == {"r000", "r001"}
+    assert sorted(feature_shard_keys(out)) == sorted(done_keys(out)) and len(done_keys(out)) == 2
+    assert json.loads((out / "index.json").read_text())["total"] == 2

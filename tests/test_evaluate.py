@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 from foley.callbacks.evaluation import EvaluationReportCallback
-from foley.evaluate import EvaluationSuite, format_markdown, read_cached_audio, rescore, write_cached_audio
+from foley.evaluate import EvaluationSuite, format_markdown, read_cached_audio, rescore
 from foley.metrics.embedders import SpectralStatsEmbedder
 from foley.metrics.generation import EmbeddingFrechetDistance, SyntheticWorldScores
 

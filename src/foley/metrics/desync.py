@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
+
+from foley.metrics.mean import ClipMean
 
 __all__ = ["SYNCHFORMER_OFFSETS", "offsets_from_logits", "DeSync"]
 
@@ -19,28 +20,16 @@ def offsets_from_logits(logits: Tensor, offsets: Tensor = SYNCHFORMER_OFFSETS) -
     return offsets.to(logits.device)[logits.argmax(dim=-1)]
 
 
-class DeSync(Metric):
+class DeSync(ClipMean):
     """Mean absolute predicted audio-visual offset in seconds (lower is better).
 
     ``update(offsets)`` takes ``(B, W)`` predicted offsets per clip and window (av-benchmark:
     W = 2, the first and the last 4.8 s); each clip contributes the mean over its windows.
     """
 
-    full_state_update = False
     higher_is_better = False
-    is_differentiable = False
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, offsets: Tensor) -> None:
         if offsets.dim() == 1:
             offsets = offsets[:, None]
-        per_clip = offsets.detach().double().abs().mean(dim=-1)
-        self.total = self.total + per_clip.sum()
-        self.count = self.count + per_clip.numel()
-
-    def compute(self) -> Tensor:
-        return self.total / self.count
+        self.accumulate(offsets.detach().double().abs().mean(dim=-1))

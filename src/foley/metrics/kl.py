@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics import Metric
+
+from foley.metrics.mean import ClipMean
 
 __all__ = ["paired_kl_divergence", "PairedKLDivergence"]
 
@@ -21,7 +21,7 @@ def paired_kl_divergence(target_logits: Tensor, generated_logits: Tensor) -> Ten
     return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
 
 
-class PairedKLDivergence(Metric):
+class PairedKLDivergence(ClipMean):
     """Mean over clips of KL(ground truth ‖ generated) over softmax of class logits (KL_PANNs,
     KL_PaSST, av-benchmark convention: the ground truth is the reference distribution).
 
@@ -29,19 +29,7 @@ class PairedKLDivergence(Metric):
     the same order.
     """
 
-    full_state_update = False
     higher_is_better = False
-    is_differentiable = False
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, target_logits: Tensor, generated_logits: Tensor) -> None:
-        kl = paired_kl_divergence(target_logits.detach(), generated_logits.detach())
-        self.total = self.total + kl.sum()
-        self.count = self.count + kl.numel()
-
-    def compute(self) -> Tensor:
-        return self.total / self.count
+        self.accumulate(paired_kl_divergence(target_logits.detach(), generated_logits.detach()))

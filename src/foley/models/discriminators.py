@@ -24,6 +24,17 @@ def _norm(module: nn.Module, use_spectral_norm: bool) -> nn.Module:
     return spectral_norm(module) if use_spectral_norm else weight_norm(module)
 
 
+def _run_stack(x: Tensor, convs: nn.ModuleList, conv_post: nn.Module) -> tuple[Tensor, list[Tensor]]:
+    """Leaky-ReLU conv stack + output conv → (flattened logits, every intermediate activation)."""
+    features = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), _LEAK)
+        features.append(x)
+    x = conv_post(x)
+    features.append(x)
+    return x.flatten(1), features
+
+
 class PeriodDiscriminator(nn.Module):
     """Folds the waveform into ``(N / period, period)`` and applies 2-D convolutions along time.
 
@@ -64,16 +75,24 @@ class PeriodDiscriminator(nn.Module):
         if length % self.period:
             wave = F.pad(wave, (0, self.period - length % self.period), mode="reflect")
         x = wave.view(batch, channels, -1, self.period)
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), _LEAK)
-            features.append(x)
-        x = self.conv_post(x)
-        features.append(x)
-        return x.flatten(1), features
+        return _run_stack(x, self.convs, self.conv_post)
 
 
-class MultiPeriodDiscriminator(nn.Module):
+class _DiscriminatorGroup(nn.Module):
+    """Runs each sub-discriminator in ``self.discriminators`` on the same waveform ``(B, 1, N)``."""
+
+    discriminators: nn.ModuleList
+
+    def forward(self, wave: Tensor) -> DiscriminatorOutput:
+        logits, features = [], []
+        for disc in self.discriminators:
+            logit, fmap = disc(wave)
+            logits.append(logit)
+            features.append(fmap)
+        return logits, features
+
+
+class MultiPeriodDiscriminator(_DiscriminatorGroup):
     """HiFi-GAN multi-period discriminator (periods 2, 3, 5, 7, 11 by default).
 
     Args:
@@ -92,14 +111,6 @@ class MultiPeriodDiscriminator(nn.Module):
         self.discriminators = nn.ModuleList(
             PeriodDiscriminator(p, channels, use_spectral_norm=use_spectral_norm) for p in periods
         )
-
-    def forward(self, wave: Tensor) -> DiscriminatorOutput:
-        logits, features = [], []
-        for disc in self.discriminators:
-            logit, fmap = disc(wave)
-            logits.append(logit)
-            features.append(fmap)
-        return logits, features
 
 
 class ResolutionDiscriminator(nn.Module):
@@ -140,16 +151,10 @@ class ResolutionDiscriminator(nn.Module):
         )
         # (B, freq, frames) → (B, 1, frames, freq): time along height, frequency along width.
         x = torch.sqrt(spec.real.pow(2) + spec.imag.pow(2) + 1e-9).transpose(1, 2).unsqueeze(1)
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), _LEAK)
-            features.append(x)
-        x = self.conv_post(x)
-        features.append(x)
-        return x.flatten(1), features
+        return _run_stack(x, self.convs, self.conv_post)
 
 
-class MultiResolutionDiscriminator(nn.Module):
+class MultiResolutionDiscriminator(_DiscriminatorGroup):
     """UnivNet-style multi-resolution spectrogram discriminator.
 
     Args:
@@ -168,11 +173,3 @@ class MultiResolutionDiscriminator(nn.Module):
         self.discriminators = nn.ModuleList(
             ResolutionDiscriminator(n_fft, hop, win, channels, use_spectral_norm) for n_fft, hop, win in resolutions
         )
-
-    def forward(self, wave: Tensor) -> DiscriminatorOutput:
-        logits, features = [], []
-        for disc in self.discriminators:
-            logit, fmap = disc(wave)
-            logits.append(logit)
-            features.append(fmap)
-        return logits, features

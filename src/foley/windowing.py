@@ -20,6 +20,12 @@ equal-power fade, whose expected level is flat across the join. A plain linear f
 by 3 dB in the middle of an uncorrelated join, and an equal-power fade bumps by 3 dB on a
 correlated one; the adaptive gain avoids both level jumps. All operations are pure
 functions of tensors.
+
+Not done yet: conditioning continuity across windows (drawing the initial noise per
+absolute latent position so overlaps share it, or inpainting window k+1's overlap toward
+window k's latent during sampling). Both need ``FlowModule.generate`` to accept an initial
+noise / known-latent argument; the crossfade alone already keeps joins click- and
+jump-free, and timing is exact per window either way.
 """
 
 from __future__ import annotations

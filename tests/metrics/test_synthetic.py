@@ -150,8 +150,10 @@ def test_pan_correlation_follows_the_ild_trajectory() -> None:
     assert same > 0.97 and mirrored < -0.97
     assert err_same < 1.0 < err_mirror
     flat = torch.randn(2 * SR).repeat(2, 1)
-    corr, err = pan_correlation(flat, truth, SR)  # centred prediction: ILD constant -> undefined corr
-    assert math.isnan(corr) and err > 1.0
+    corr, err = pan_correlation(flat, truth, SR)  # centred prediction tracks nothing
+    assert corr == 0.0 and err > 1.0
+    corr, _ = pan_correlation(truth, flat, SR)  # centred truth: nothing to track
+    assert math.isnan(corr)
 
 
 def test_metric_reports_pan_only_for_stereo_predictions() -> None:

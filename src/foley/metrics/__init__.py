@@ -1,0 +1,26 @@
+"""Evaluation metrics: the exact synthetic-world evaluator and the published benchmark metrics.
+
+Heavy evaluators (PANNs, VGGish, the AV Synchformer) live in their own modules and are
+imported from there; this package namespace only exports the metric math.
+"""
+
+from foley.metrics.desync import DeSync
+from foley.metrics.frechet import FrechetDistance, frechet_distance
+from foley.metrics.ib_score import ImageBindScore
+from foley.metrics.inception import InceptionScore, inception_score
+from foley.metrics.kl import PairedKLDivergence, paired_kl_divergence
+from foley.metrics.synthetic import OnsetDetector, SyntheticWorldMetric, match_onsets
+
+__all__ = [
+    "DeSync",
+    "FrechetDistance",
+    "frechet_distance",
+    "ImageBindScore",
+    "InceptionScore",
+    "inception_score",
+    "PairedKLDivergence",
+    "paired_kl_divergence",
+    "OnsetDetector",
+    "SyntheticWorldMetric",
+    "match_onsets",
+]

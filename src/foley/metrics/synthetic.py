@@ -253,7 +253,8 @@ def pan_correlation(
 
     Only frames where both signals are within ``dynamic_range_db`` of their loudest frame
     (and above ``floor_db``) count. Returns ``(nan, nan)`` when fewer than 3 frames qualify;
-    the correlation alone is ``nan`` when either ILD is constant over those frames.
+    the correlation is ``nan`` when the true ILD is constant over those frames and 0 when
+    only the predicted one is (a fixed pan tracks none of the movement).
     """
     n = min(predicted.shape[-1], target.shape[-1])
     ild_pred, power_pred = interchannel_level_difference(predicted[..., :n], sample_rate)
@@ -266,10 +267,11 @@ def pan_correlation(
     x, y = ild_pred[valid], ild_true[valid]
     mae = float((x - y).abs().mean())
     xc, yc = x - x.mean(), y - y.mean()
-    denominator = float(xc.norm() * yc.norm())
-    if denominator < 1e-9:
+    if float(yc.norm()) < 1e-6:  # the true pan never moves: correlation is undefined
         return math.nan, mae
-    return float((xc * yc).sum()) / denominator, mae
+    if float(xc.norm()) < 1e-6:  # a fixed predicted pan follows none of the true movement
+        return 0.0, mae
+    return float((xc * yc).sum()) / float(xc.norm() * yc.norm()), mae
 
 
 _COUNTERS = ("tp", "fp", "fn", "offset_sum", "clips", "onset_clips", "pan_corr_sum", "pan_clips", "ild_err_sum", "ild_clips")

@@ -140,7 +140,8 @@ def main(args: Sequence[str] | None = None) -> Any:
     if argv[0] not in LIGHTNING_COMMANDS and not argv[0].startswith("-"):
         sys.stderr.write(f"foley: unknown command {argv[0]!r}\n\n{overview()}\n")
         raise SystemExit(2)
-    return FoleyCLI(args=argv)
+    # None lets LightningCLI read sys.argv itself (passing it too makes Lightning warn).
+    return FoleyCLI(args=None if args is None else argv)
 
 
 if __name__ == "__main__":

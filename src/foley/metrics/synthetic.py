@@ -77,12 +77,17 @@ def _band_power_db(mono: Tensor, win: int, hop: int, sample_rate: int, bands: in
 
 
 def _frame_power_db(mono: Tensor, win: int, hop: int) -> Tensor:
-    """Mean power in dB of frames ``[t*hop, t*hop + win)``; the tail is zero-padded."""
+    """Mean power in dB of frames ``[t*hop, t*hop + win)``; the tail is zero-padded.
+
+    Computed from a float64 running sum of the squared signal (O(N) instead of O(N·win)).
+    """
     n = mono.numel()
     n_frames = max(1, math.ceil(max(n - win, 0) / hop) + 1)
-    padded = torch.nn.functional.pad(mono, (0, (n_frames - 1) * hop + win - n))
-    frames = padded.unfold(0, win, hop)
-    return 10.0 * torch.log10(frames.pow(2).mean(dim=-1) + _EPS_POWER)
+    squared = torch.nn.functional.pad(mono.double().pow(2), (0, (n_frames - 1) * hop + win - n))
+    running = torch.cat([squared.new_zeros(1), squared.cumsum(0)])
+    starts = torch.arange(n_frames, device=mono.device) * hop
+    power = ((running[starts + win] - running[starts]) / win).clamp(min=0.0)
+    return 10.0 * torch.log10(power + _EPS_POWER)
 
 
 @dataclass

@@ -162,3 +162,10 @@ def test_foley_test_config_on_synthetic_shards(tmp_path: Path) -> None:
     assert sum(row["num_clips"] for row in report["per_category"].values()) == 6
     assert report["config"]["data"]["init_args"]["test_shards"] == str(shards)
     assert len(list(reports[0].parent.glob("generated/*.wav"))) == 6
+
+
+def test_new_category_buckets_follow_the_suite_device() -> None:
+    # Metric states are not parameters: the device must come from the torchmetrics states,
+    # or per-category states would stay on the CPU while the overall ones sit on the GPU.
+    suite = EvaluationSuite([SyntheticWorldScores()]).to("meta")
+    assert suite._bucket("drum")[0].metric.device.type == "meta"

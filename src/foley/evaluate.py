@@ -192,6 +192,12 @@ def _holds_metric_state(module: nn.Module) -> bool:
 
 
 def _device_of(modules: nn.Module) -> torch.device:
+    """Where the metric states live (torchmetrics states are neither parameters nor buffers)."""
+    from torchmetrics import Metric
+
+    for module in modules.modules():
+        if isinstance(module, Metric):
+            return module.device
     for tensor in list(modules.parameters()) + list(modules.buffers()):
         return tensor.device
     return torch.device("cpu")

@@ -12,6 +12,9 @@ Usage:
     python benchmarks/bench_codec.py                      # both parts, ~5 min on 2 CPU cores
     python benchmarks/bench_codec.py --skip-quality --rtf-seconds 10
     python benchmarks/bench_codec.py --skip-rtf --train-minutes 1 --device cpu
+
+On a busy shared CPU pass ``--threads 1`` for the small-codec training: its tiny convolutions
+run many times slower when two threads compete with other jobs.
 """
 
 from __future__ import annotations

@@ -8,6 +8,14 @@ import torch
 from foley.models.discriminators import MultiPeriodDiscriminator, MultiResolutionDiscriminator, PeriodDiscriminator
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("length", [4096, 4099])
 def test_groups_return_one_logit_and_feature_stack_per_sub_discriminator(length: int) -> None:
     wave = torch.randn(2, 1, length, requires_grad=True)

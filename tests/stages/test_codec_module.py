@@ -290,3 +290,26 @@ def test_paper_scale_config_parses_with_resolved_interpolations(capsys: pytest.C
     assert "${" not in printed
     assert "upsample_initial_channel: 1536" in printed and "encoder_layers: 32" in printed
     assert "latent_channels: 40" in printed and "load_video: false" in printed
+
+
+def test_initialisation_from_pretrained_files(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    source = _module()
+    with torch.no_grad():
+        for p in source.codec.parameters():
+            p.add_(0.01)
+    vocoder_file = tmp_path / "bigvgan_generator.pt"
+    legacy = {
+        k.replace(".parametrizations.weight.original0", ".weight_g").replace(".parametrizations.weight.original1", ".weight_v"): v
+        for k, v in source.codec.vocoder.state_dict().items()
+    }
+    torch.save({"generator": legacy}, vocoder_file)
+    codec_file = tmp_path / "codec.safetensors"
+    source.codec.save(codec_file)
+
+    with_vocoder = _module(pretrained_vocoder=str(vocoder_file))
+    for name, value in source.codec.vocoder.state_dict().items():
+        torch.testing.assert_close(with_vocoder.codec.vocoder.state_dict()[name], value)
+    with_codec = _module(pretrained_codec=str(codec_file))
+    for name, value in source.codec.state_dict().items():
+        torch.testing.assert_close(with_codec.codec.state_dict()[name], value)

@@ -32,7 +32,10 @@ def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -
     root1 = _psd_sqrt(sigma1)
     middle = root1 @ sigma2 @ root1
     trace_sqrt = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
-    return (mu1 - mu2).pow(2).sum() + sigma1.trace() + sigma2.trace() - 2 * trace_sqrt
+    distance = (mu1 - mu2).pow(2).sum() + sigma1.trace() + sigma2.trace() - 2 * trace_sqrt
+    # The distance is a squared norm; rank-deficient covariances leave ~1e-5 of round-off
+    # (square roots of ~1e-10 null-space eigenvalues), which must not show as negative.
+    return distance.clamp(min=0.0)
 
 
 class FrechetDistance(Metric):

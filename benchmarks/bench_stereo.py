@@ -6,6 +6,8 @@ panning by on-screen x position), trains a Mono2Stereo on the mono mixdowns for
 Pearson correlation between predicted and true inter-channel level difference over time
 (``foley.metrics.synthetic.pan_correlation``), per category and overall, next to the
 centred baseline (an untrained network: no ILD, correlation undefined, counted as 0).
+Clips whose true ILD never changes (a single static source) are left out: a correlation
+over time is undefined for them.
 
 Evaluate a trained stage-3 checkpoint instead with ``--stereo-ckpt`` and ``--codec-ckpt``.
 
@@ -54,8 +56,11 @@ def evaluate(module: StereoModule, loader) -> dict[str, list[float]]:
         stereo = module.generate(batch).cpu()
         for i, meta in enumerate(batch["meta"]):
             n = int(batch["audio_mask"][i].sum())
-            corr, _ = pan_correlation(stereo[i, :, :n], batch["audio"][i, :, :n], module.sample_rate)
-            value = 0.0 if math.isnan(corr) else corr
+            truth = batch["audio"][i, :, :n]
+            if math.isnan(pan_correlation(truth, truth, module.sample_rate)[0]):
+                continue  # the true ILD never changes (one static source): correlation over time is undefined
+            corr, _ = pan_correlation(stereo[i, :, :n], truth, module.sample_rate)
+            value = 0.0 if math.isnan(corr) else corr  # a constant (centred) prediction counts as 0
             scores[meta.get("category", "?")].append(value)
             scores["overall"].append(value)
     return scores
@@ -118,7 +123,7 @@ def main() -> None:
         "steps": args.steps, "train_seconds": round(trained_seconds, 1), "render": args.render,
         "pan_correlation": {k: round(statistics.mean(v), 3) for k, v in sorted(scores.items())},
         "centred_baseline": {k: round(statistics.mean(v), 3) for k, v in sorted(baseline.items())},
-        "clips": len(scores["overall"]),
+        "clips": {k: len(v) for k, v in sorted(scores.items())},
     }
     json.dump(result, sys.stdout, indent=2)
     print()

@@ -118,3 +118,19 @@ def test_real_tiny_stages_from_checkpoints_and_bundle(trained_runs: dict, tmp_pa
     torch.testing.assert_close(reloaded(video, prompt="a drum", steps=2, seed=1), audio)
     moved = FoleyPipeline.from_checkpoints(trained_runs["flow"], trained_runs["stereo"], codec_checkpoint=trained_runs["codec"])
     torch.testing.assert_close(moved(video, prompt="a drum", steps=2, seed=1), audio)
+
+
+@pytest.mark.slow  # reuses the trained tiny runs above
+def test_foley_generate_command_with_a_bundle(trained_runs: dict, tmp_path: Path) -> None:
+    from foley.cli import main
+    from foley.io.media import read_audio
+    from foley.pipeline import FoleyPipeline
+
+    bundle = tmp_path / "pipeline.pt"
+    FoleyPipeline.from_checkpoints(trained_runs["flow"], trained_runs["stereo"]).save_bundle(bundle)
+    video = tmp_path / "clip.mp4"
+    event_video(video, 1.6, events=[0.8], fps=25.0)
+    main(["generate", str(video), "--out", str(tmp_path / "out"), "--bundle", str(bundle), "--steps", "2", "--device", "cpu"])
+    wave, rate = read_audio(tmp_path / "out" / "clip.wav")
+    assert rate == SR and wave.shape == (2, round(1.6 * SR))
+    assert (tmp_path / "out" / "clip.mp4").is_file()

@@ -144,5 +144,10 @@ def main(args: Sequence[str] | None = None) -> Any:
     return FoleyCLI(args=None if args is None else argv)
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """Console-script entry: runs :func:`main` and exits 0 on success (its return value is for Python callers)."""
     main()
+
+
+if __name__ == "__main__":
+    console()

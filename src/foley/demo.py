@@ -76,20 +76,30 @@ class DemoSettings:
 
 
 def _foley(*args: str, log: Path) -> None:
-    """Run one ``foley`` command, echoing it, with its output both on screen and in ``log``."""
+    """Run one ``foley`` command, echoing it.
+
+    On a terminal the command writes straight to it, so Lightning's live progress bars
+    render; otherwise (CI, tests, ``| tee``) its output is copied to the screen and ``log``.
+    """
     cmd = [sys.executable, "-m", "foley.cli", *args]
-    sys.stdout.write("\n$ foley " + " ".join(args) + "\n")
+    line = "$ foley " + " ".join(args)
+    sys.stdout.write("\n" + line + "\n")
     sys.stdout.flush()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log, "ab") as sink:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-        assert proc.stdout is not None
-        for chunk in iter(lambda: proc.stdout.read1(4096), b""):  # type: ignore[union-attr]
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.flush()
-            sink.write(chunk)
-        if proc.wait() != 0:
-            raise RuntimeError(f"`foley {' '.join(args)}` failed with exit code {proc.returncode}; see {log}")
+        sink.write((line + "\n").encode())
+        if sys.stdout.isatty():
+            returncode = subprocess.run(cmd, env=env).returncode
+        else:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+            assert proc.stdout is not None
+            for chunk in iter(lambda: proc.stdout.read1(4096), b""):  # type: ignore[union-attr]
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+                sink.write(chunk)
+            returncode = proc.wait()
+    if returncode != 0:
+        raise RuntimeError(f"`{line}` failed with exit code {returncode}; see {log}")
 
 
 def _latest_checkpoint(run_dir: Path) -> Path:

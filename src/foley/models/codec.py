@@ -84,11 +84,14 @@ class Codec(nn.Module):
 
     Args:
         vae: Mel-VAE whose ``n_mels`` matches the front end.
-        vocoder: Mel → waveform generator; its hop must equal the front end's hop.
+        vocoder: Mel → waveform generator with ``num_mels``, ``hop_length`` and
+            ``init_config`` attributes, returning ``(B, 1, N)``: :class:`BigVGAN`, or the
+            training-free :class:`~foley.models.griffin_lim.GriffinLimVocoder`. Its hop must
+            equal the front end's hop.
         mel: Log-mel front end; defaults to the BigVGAN-v2 44.1 kHz / 128-band one.
     """
 
-    def __init__(self, vae: MelVAE, vocoder: BigVGAN, mel: LogMelSpectrogram | None = None) -> None:
+    def __init__(self, vae: MelVAE, vocoder: nn.Module, mel: LogMelSpectrogram | None = None) -> None:
         super().__init__()
         mel = mel if mel is not None else LogMelSpectrogram()
         if vae.n_mels != mel.n_mels or vocoder.num_mels != mel.n_mels:

@@ -317,6 +317,14 @@ class CodecModule(LightningModule):
 
     # ---------------------------------------------------------- validation
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "val")
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        # Generation metrics of `foley test` come from callbacks (pl_module.generate);
+        # the step itself reports the reconstruction losses on the test split.
+        self._evaluate(batch, batch_idx, "test")
+
+    def _evaluate(self, batch: Mapping[str, Any], batch_idx: int, split: str) -> None:
         wave, mask = self._prepare_batch(batch)
         frame_mask, latent_mask = self._frame_masks(mask)
         mel = self.codec.mel(wave)
@@ -327,15 +335,15 @@ class CodecModule(LightningModule):
         vae_mel = masked_l1(mel_recon, mel, frame_mask)
         stft = self.stft_loss(reconstruction, wave)
         metrics = {
-            "val/vae_mel_l1": vae_mel,
-            "val/kl": gaussian_kl(mean, logvar, latent_mask),
-            "val/stft": stft,
-            "val/codec_mel": self.mel_loss(reconstruction, wave),
-            "val/vocoder_mel": self.mel_loss(copy_synthesis, wave),
-            "val/loss": vae_mel + stft,
+            f"{split}/vae_mel_l1": vae_mel,
+            f"{split}/kl": gaussian_kl(mean, logvar, latent_mask),
+            f"{split}/stft": stft,
+            f"{split}/codec_mel": self.mel_loss(reconstruction, wave),
+            f"{split}/vocoder_mel": self.mel_loss(copy_synthesis, wave),
+            f"{split}/loss": vae_mel + stft,
         }
         self.log_dict(metrics, batch_size=wave.shape[0], sync_dist=True)
-        if batch_idx == 0:
+        if batch_idx == 0 and split == "val":
             self._log_examples(wave, mel, mel_recon, reconstruction, mask)
 
     def _log_examples(self, wave: Tensor, mel: Tensor, mel_recon: Tensor, reconstruction: Tensor, mask: Tensor) -> None:

@@ -190,14 +190,21 @@ class StereoModule(LightningModule):
         return loss
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        loss, stats = self._pan_loss(batch)
-        b = batch["audio"].shape[0]
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=b)
-        self.log("val/pan_mae", stats["pan_mae"], sync_dist=True, batch_size=b)
-        if not torch.isnan(stats["ild_corr_mel"]):
-            self.log("val/ild_corr_mel", stats["ild_corr_mel"], sync_dist=True, batch_size=b)
+        self._evaluate(batch, "val")
         if batch_idx == 0 and self.num_examples > 0:
             self._log_examples(batch)
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        # Generation metrics of `foley test` come from callbacks (pl_module.generate).
+        self._evaluate(batch, "test")
+
+    def _evaluate(self, batch: Mapping[str, Any], split: str) -> None:
+        loss, stats = self._pan_loss(batch)
+        b = batch["audio"].shape[0]
+        self.log(f"{split}/loss", loss, prog_bar=True, sync_dist=True, batch_size=b)
+        self.log(f"{split}/pan_mae", stats["pan_mae"], sync_dist=True, batch_size=b)
+        if not torch.isnan(stats["ild_corr_mel"]):
+            self.log(f"{split}/ild_corr_mel", stats["ild_corr_mel"], sync_dist=True, batch_size=b)
 
     def _log_examples(self, batch: Mapping[str, Any]) -> None:
         from foley.metrics.synthetic import pan_correlation

@@ -110,3 +110,26 @@ def test_checkpoint_loader_keeps_visual_keys_and_is_strict(tmp_path):
         SynchformerEncoder(checkpoint_path=str(tmp_path / "broken.pth"), **TINY)
     with pytest.raises(FileNotFoundError, match="checkpoint_path"):
         SynchformerEncoder(checkpoint_path=str(tmp_path / "absent.pth"), **TINY)
+
+
+def test_time_grid_places_each_token_at_its_frames():
+    from foley.encoders.synchformer import SynchformerEncoder
+
+    encoder = SynchformerEncoder(crop_size=32, patch_size=16, dim=32, depth=1, num_heads=2, time_grid=True)
+    assert encoder.token_rate == 12.5
+    # A single bright frame: only the grid token covering it (and none far away) may
+    # differ from the all-dark video's tokens.
+    dark = torch.zeros(1, 48, 3, 32, 32, dtype=torch.uint8)
+    flash = dark.clone()
+    flash[:, 21] = 255
+    base, mask = encoder(dark)
+    lit, _ = encoder(flash)
+    assert base.shape[1] == encoder.num_tokens(48) == 24 and mask.all()
+    changed = (lit - base).abs().amax(-1)[0]
+    assert changed.argmax().item() == 21 // 2
+    # Segments covering frame 21 span frames 8..31 (grid tokens 4..15): temporal attention
+    # leaks a little inside them, nothing reaches tokens outside, and the peak dominates.
+    outside = [k for k in range(24) if not 4 <= k < 16]
+    assert changed[outside].max() < 1e-6
+    others = torch.cat([changed[:10], changed[11:]])
+    assert changed[10] > 10 * others.max()

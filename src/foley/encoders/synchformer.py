@@ -237,6 +237,11 @@ class SynchformerEncoder(nn.Module):
         num_heads: Attention heads.
         mlp_ratio: MLP expansion.
         segment_batch_size: Segments per forward call (bounds activation memory).
+        time_grid: ``False`` (default) returns the official layout, segment after segment
+            (MMAudio's conditioning; overlapping segments make the flat sequence's time
+            axis non-uniform). ``True`` re-grids the tokens onto real time: token ``k``
+            covers frames ``[k·tf, (k+1)·tf)`` (``tf`` = frames per tubelet) and is the mean
+            of the segments' tokens that cover them, so :attr:`token_rate` is exact.
     """
 
     def __init__(
@@ -253,9 +258,14 @@ class SynchformerEncoder(nn.Module):
         num_heads: int = 12,
         mlp_ratio: float = 4.0,
         segment_batch_size: int = 32,
+        time_grid: bool = False,
     ) -> None:
         super().__init__()
+        if time_grid and (segment_stride % tubelet_frames or segment_length % tubelet_frames):
+            raise ValueError("time_grid needs segment_length and segment_stride to be multiples of tubelet_frames")
         self.fps = fps
+        self.time_grid = time_grid
+        self.tubelet_frames = tubelet_frames
         self.segment_length = segment_length
         self.segment_stride = segment_stride
         self.crop_size = crop_size
@@ -281,11 +291,16 @@ class SynchformerEncoder(nn.Module):
     @property
     def token_rate(self) -> float:
         """Sync tokens per second of video (for aligned RoPE)."""
+        if self.time_grid:
+            return self.fps / self.tubelet_frames
         return self.fps * self.tokens_per_segment / self.segment_stride
 
     def num_tokens(self, num_frames: int) -> int:
         """Tokens produced for ``num_frames`` frames."""
-        return num_segments(num_frames, self.segment_length, self.segment_stride) * self.tokens_per_segment
+        segments = num_segments(num_frames, self.segment_length, self.segment_stride)
+        if self.time_grid:
+            return (segments - 1) * (self.segment_stride // self.tubelet_frames) + self.tokens_per_segment
+        return segments * self.tokens_per_segment
 
     def train(self, mode: bool = True) -> SynchformerEncoder:
         # Frozen: stays in eval mode whatever the surrounding LightningModule does.
@@ -375,4 +390,18 @@ class SynchformerEncoder(nn.Module):
         segment_mask = torch.arange(count, device=frames.device)[None] < valid_segments[:, None]
         token_mask = segment_mask.repeat_interleave(self.tokens_per_segment, dim=1)
         tokens = tokens * token_mask[..., None].to(tokens.dtype)
+        if self.time_grid:
+            return self._regrid(tokens, token_mask, count)
         return tokens, token_mask
+
+    def _regrid(self, tokens: Tensor, token_mask: Tensor, count: int) -> tuple[Tensor, Tensor]:
+        """Averages the overlapping segments' tokens onto one token per tubelet of real time."""
+        per_segment = self.tokens_per_segment
+        step = self.segment_stride // self.tubelet_frames
+        grid = (torch.arange(count, device=tokens.device)[:, None] * step
+                + torch.arange(per_segment, device=tokens.device)[None]).flatten()
+        size = (count - 1) * step + per_segment
+        weights = token_mask.to(tokens.dtype)
+        summed = tokens.new_zeros(tokens.shape[0], size, tokens.shape[-1]).index_add_(1, grid, tokens * weights[..., None])
+        counts = weights.new_zeros(tokens.shape[0], size).index_add_(1, grid, weights)
+        return summed / counts.clamp_min(1.0)[..., None], counts > 0

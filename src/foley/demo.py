@@ -66,8 +66,8 @@ class DemoSettings:
     seconds: float = 4.0
     size: int = 64
     stage1_epochs: int = 3
-    stage2_epochs: int = 12
-    stage3_epochs: int = 2
+    stage2_epochs: int = 30
+    stage3_epochs: int = 4
     stage2_batch_size: int = 8
     steps: int = 16
     cfg: float = 3.0

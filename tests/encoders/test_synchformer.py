@@ -8,7 +8,7 @@ import torch
 
 from foley.encoders.synchformer import MotionFormer, SynchformerEncoder, _DividedAttention, num_segments
 
-MANIFEST = Path("/work/shared/reference/manifests/synchformer_visual.json")
+MANIFEST = Path(__file__).resolve().parents[1] / "manifests" / "synchformer_visual.json"
 TINY = dict(crop_size=32, patch_size=8, dim=64, depth=2, num_heads=4, segment_batch_size=5)
 
 

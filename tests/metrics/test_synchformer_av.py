@@ -17,7 +17,7 @@ from foley.metrics.synchformer_av import (
     synchformer_video_segments,
 )
 
-MANIFEST = Path("/work/shared/reference/manifests/synchformer_av.json")
+MANIFEST = Path(__file__).resolve().parents[1] / "manifests" / "synchformer_av.json"
 
 
 @pytest.mark.skipif(not MANIFEST.is_file(), reason="reference manifest not available")

@@ -12,7 +12,7 @@ from torch.nn.utils import parametrize
 
 from foley.models.bigvgan import Activation1d, BigVGAN, UpSample1d, kaiser_sinc_filter1d, load_bigvgan_checkpoint, to_module_state_dict
 
-MANIFEST = Path("/work/shared/reference/manifests/bigvgan_v2_44k_128band_512x.json")
+MANIFEST = Path(__file__).resolve().parents[1] / "manifests" / "bigvgan_v2_44k_128band_512x.json"
 
 
 @pytest.fixture(autouse=True, scope="module")

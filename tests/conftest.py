@@ -16,6 +16,15 @@ def _deterministic_torch():
     yield
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for modules of tiny convolutions: far faster on a shared, busy CPU."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

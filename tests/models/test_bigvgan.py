@@ -15,13 +15,7 @@ from foley.models.bigvgan import Activation1d, BigVGAN, UpSample1d, kaiser_sinc_
 MANIFEST = Path(__file__).resolve().parents[1] / "manifests" / "bigvgan_v2_44k_128band_512x.json"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tiny convolutions run far faster single-threaded on a shared, busy CPU.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 

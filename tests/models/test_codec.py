@@ -17,12 +17,7 @@ from foley.models.mel_vae import MelVAE
 SR = 44100
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _tiny_codec() -> Codec:

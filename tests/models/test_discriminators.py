@@ -8,12 +8,7 @@ import torch
 from foley.models.discriminators import MultiPeriodDiscriminator, MultiResolutionDiscriminator, PeriodDiscriminator
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.mark.parametrize("length", [4096, 4099])

@@ -11,13 +11,7 @@ import torch
 from foley.models.mel import LogMelSpectrogram, num_mel_frames
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tiny convolutions run far faster single-threaded on a shared, busy CPU.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 

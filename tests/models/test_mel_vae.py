@@ -11,12 +11,7 @@ from torch import nn
 from foley.models.mel_vae import MelVAE
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _tiny(latent_channels: int = 8) -> MelVAE:

@@ -93,3 +93,24 @@ def test_tool_flags_accept_dashes_and_bare_booleans(tmp_path):
     assert exc.value.code == 2
     main(["synth", "--out", str(out), "--clips", "1", "--seconds", "1", "--size", "32", "--overwrite"])
     assert [p.name for p in out.glob("*.tar")] == ["shard-000000.tar"]
+
+
+@pytest.mark.parametrize("configs", [
+    ["configs/stage1.yaml"],
+    ["configs/stage2.yaml"],
+    ["configs/stage2.yaml", "configs/sizes/small.yaml"],
+    ["configs/stage2.yaml", "configs/sizes/large.yaml"],
+    ["configs/stage3.yaml"],
+])
+def test_paper_scale_configs_parse_with_size_overlays(configs, capsys):
+    args = ["fit"]
+    for config in configs:
+        args += ["--config", str(REPO / config)]
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--print_config"])
+    assert exc.value.code in (0, None)
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["model"]["class_path"].startswith("foley.stages.")
+    if "configs/sizes/large.yaml" in configs:
+        network = cfg["model"]["init_args"]["network"]["init_args"]
+        assert (network["hidden_dim"], network["joint_depth"], network["audio_depth"]) == (896, 7, 14)

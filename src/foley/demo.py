@@ -60,14 +60,14 @@ class DemoSettings:
     """
 
     out: Path = Path("demo_out")
-    train_clips: int = 256
+    train_clips: int = 512
     val_clips: int = 8
     test_clips: int = 12
     seconds: float = 4.0
     size: int = 64
-    stage1_epochs: int = 3
-    stage2_epochs: int = 30
-    stage3_epochs: int = 4
+    stage1_epochs: int = 4
+    stage2_epochs: int = 60
+    stage3_epochs: int = 6
     stage2_batch_size: int = 8
     steps: int = 16
     cfg: float = 3.0

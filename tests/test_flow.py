@@ -134,3 +134,44 @@ def test_invalid_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match="mask shape"):
         FlowMatching().loss(lambda x, t: x, torch.zeros(2, 3, 4), mask=torch.ones(2, 4, dtype=torch.bool))
     assert math.isfinite(FlowMatching().loss(lambda x, t: x, torch.zeros(2, 3)).item())
+
+
+def test_inpainting_keeps_the_known_region_on_its_noised_path_and_couples_the_rest():
+    fm = FlowMatching()
+    gen = torch.Generator().manual_seed(0)
+    noise, known = torch.randn(2, 6, 3, generator=gen), torch.randn(2, 6, 3, generator=gen)
+    known_mask = torch.tensor([[True, True, False, False, False, False]] * 2)
+    seen: list[tuple[float, torch.Tensor]] = []
+
+    def coupled(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        # Every element moves with the mean over time positions: unknown ones feel the known ones.
+        seen.append((float(t[0]), x.clone()))
+        return x.mean(dim=1, keepdim=True).expand_as(x)
+
+    out = fm.sample(coupled, noise, steps=2, known=known, known_mask=known_mask)
+    # Closed form of two Euler steps with the replacement after each step.
+    x = noise + 0.5 * noise.mean(1, keepdim=True)
+    x[:, :2] = 0.5 * known[:, :2] + 0.5 * noise[:, :2]  # interpolate(noise, known, t=0.5)
+    torch.testing.assert_close(seen[1][1], x)  # what the network sees at t = 0.5
+    expected = x + 0.5 * x.mean(1, keepdim=True)
+    expected[:, :2] = known[:, :2]
+    torch.testing.assert_close(out, expected)
+    # The unknown part depends on the known data (through the field), so it differs from plain sampling.
+    plain = fm.sample(coupled, noise, steps=2)
+    assert not torch.allclose(out[:, 2:], plain[:, 2:])
+
+
+def test_inpainting_with_an_elementwise_field_leaves_the_unknown_part_unchanged():
+    fm = FlowMatching(min_sigma=0.01)
+    target = torch.randn(3, 5)
+    noise, known = torch.randn(3, 5), torch.randn(3, 5)
+    known_mask = torch.zeros(3, 5, dtype=torch.bool)
+    known_mask[:, 3:] = True
+    out = fm.sample(point_field(target), noise, steps=5, method="midpoint", known=known, known_mask=known_mask)
+    plain = fm.sample(point_field(target), noise, steps=5, method="midpoint")
+    torch.testing.assert_close(out[:, :3], plain[:, :3], rtol=0, atol=0)
+    torch.testing.assert_close(out[:, 3:], known[:, 3:], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="both"):
+        fm.sample(point_field(target), noise, known=known)
+    with pytest.raises(ValueError, match="known_mask shape"):
+        fm.sample(point_field(target), noise, known=known, known_mask=torch.ones(2, 5, dtype=torch.bool))

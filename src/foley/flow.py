@@ -102,8 +102,16 @@ class FlowMatching:
     @torch.no_grad()
     def sample(self, velocity_fn: VelocityFn, noise: Tensor, steps: int = 25,
                method: str = "euler", cfg_strength: float = 4.5,
-               uncond_velocity_fn: VelocityFn | None = None) -> Tensor:
+               uncond_velocity_fn: VelocityFn | None = None,
+               known: Tensor | None = None, known_mask: Tensor | None = None) -> Tensor:
         """Integrates the flow from noise (t = 0) to data (t = 1) on a uniform grid.
+
+        Inpainting (``known`` + ``known_mask``): after every step, the state on the known
+        elements is replaced by the point of the straight path from this sample's own noise
+        to the known data, ``interpolate(noise, known, t)`` (RePaint-style replacement; the
+        flow-matching path is deterministic given ``x0``, so no fresh noise is drawn). The
+        unknown elements follow the ODE, seeing a known region that is always at the noise
+        level of time ``t``; the result equals ``known`` exactly on the known elements.
 
         Args:
             velocity_fn: conditional velocity ``(x_t, t) -> v``. When
@@ -115,6 +123,10 @@ class FlowMatching:
             method: ``"euler"``, ``"midpoint"`` or ``"heun"``.
             cfg_strength: guidance strength ``s``; ignored without ``uncond_velocity_fn``.
             uncond_velocity_fn: unconditional (placeholder or negative-prompt) velocity.
+            known: data at t = 1 on the known elements (same shape as ``noise``; other
+                elements are ignored).
+            known_mask: bool, broadcastable to ``noise`` from the left (e.g. (B, T) for
+                (B, T, C) latents); True where ``known`` holds.
 
         Returns:
             The sample at t = 1, same shape and dtype as ``noise``.
@@ -123,6 +135,24 @@ class FlowMatching:
             raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
+        if (known is None) != (known_mask is None):
+            raise ValueError("inpainting needs both `known` and `known_mask` (or neither)")
+        if known is not None:
+            if known.shape != noise.shape:
+                raise ValueError(f"known has shape {tuple(known.shape)}, noise {tuple(noise.shape)}")
+            if known_mask.shape != noise.shape[:known_mask.dim()]:
+                raise ValueError(f"known_mask shape {tuple(known_mask.shape)} does not match the leading "
+                                 f"dimensions of noise {tuple(noise.shape)}")
+            known = known.to(noise.dtype)
+            known_mask = known_mask.bool().reshape(*known_mask.shape, *([1] * (noise.dim() - known_mask.dim())))
+
+        def clamp_known(x: Tensor, t: float) -> Tensor:
+            if known is None:
+                return x
+            if t >= 1.0:  # the end point is the data itself (also with min_sigma > 0)
+                return torch.where(known_mask, known, x)
+            x_known, _ = self.interpolate(noise, known, torch.full((x.shape[0],), t, device=x.device))
+            return torch.where(known_mask, x_known, x)
 
         def field(x: Tensor, t: float) -> Tensor:
             # Times stay float32 for networks in low precision; float64 states keep float64.
@@ -145,4 +175,5 @@ class FlowMatching:
             else:
                 v_end = field(x + dt * v, t + dt)
                 x = x + 0.5 * dt * (v + v_end)
+            x = clamp_known(x, (i + 1) * dt if i + 1 < steps else 1.0)
         return x

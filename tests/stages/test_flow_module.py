@@ -184,6 +184,33 @@ def test_generate_is_deterministic_and_exactly_as_long_as_the_clip(parts):
     assert other.shape == first.shape and not torch.equal(other, first)
 
 
+def test_generate_is_the_vocoded_generated_mel_and_takes_noise_and_known_latents(parts):
+    module = make_module(parts)
+    batch = precompute(module, make_batch(durations=(0.1713, 0.1)))
+    n, length = round(0.1713 * SR), math.ceil(round(0.1713 * SR) / 1024)
+    wave = module.generate(batch, steps=2, cfg=2.0, seed=11)
+    latent = module.generate_latents(batch, steps=2, cfg=2.0, seed=11)
+    assert latent.shape == (2, length, 4)
+    mel = module.generate_mel(batch, steps=2, cfg=2.0, seed=11)
+    assert mel.shape == (2, 16, 2 * length)
+    torch.testing.assert_close(mel, parts["codec"].decode_mel(latent.transpose(1, 2)), rtol=0, atol=0)
+    # generate = the codec's vocoder on that mel, cut to the clip and zero after each duration.
+    expected = parts["codec"].vocode(mel)[:, :n].clamp(-1, 1)
+    expected[1, round(0.1 * SR):] = 0
+    torch.testing.assert_close(wave[:, 0], expected, rtol=0, atol=0)
+    # Explicit noise equal to the seeded draw gives the same latents.
+    noise = torch.randn(2, length, 4, generator=torch.Generator().manual_seed(11))
+    torch.testing.assert_close(module.generate_latents(batch, steps=2, cfg=2.0, noise=noise), latent, rtol=0, atol=0)
+    # Inpainting: the known frames come back exactly, the others still depend on the network.
+    known = torch.randn(2, length, 4)
+    known_mask = torch.arange(length)[None].expand(2, -1) < 3
+    inpainted = module.generate_latents(batch, steps=2, cfg=2.0, noise=noise, known=known, known_mask=known_mask)
+    torch.testing.assert_close(inpainted[:, :3], known[:, :3], rtol=0, atol=0)
+    assert not torch.allclose(inpainted[:, 3:], latent[:, 3:])
+    with pytest.raises(ValueError, match="noise has shape"):
+        module.generate_latents(batch, steps=1, noise=noise[:, :-1])
+
+
 def test_negative_prompt_replaces_the_unconditional_branch(parts):
     module = make_module(parts)
     batch = precompute(module, make_batch(durations=(0.13, 0.12)))

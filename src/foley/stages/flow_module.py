@@ -347,7 +347,7 @@ class FlowModule(LightningModule):
 
     # --------------------------------------------------------------- generation
     @torch.no_grad()
-    def generate(
+    def generate_latents(
         self,
         batch: Mapping[str, Any],
         steps: int | None = None,
@@ -355,22 +355,27 @@ class FlowModule(LightningModule):
         seed: int | None = None,
         negative_prompt: str | list[str] | None = None,
         method: Literal["euler", "midpoint", "heun"] | None = None,
+        noise: Tensor | None = None,
+        known: Tensor | None = None,
+        known_mask: Tensor | None = None,
     ) -> Tensor:
-        """Generate mono waveforms ``(B, 1, N)`` in [-1, 1] for a batch.
+        """Sample normalised codec latents ``(B, T, C)`` for a batch (see :meth:`generate`).
 
-        ``N`` is the batch's padded audio length (``audio_mask``) or the longest
-        ``seconds_total · sample_rate``; each sample is exactly as long as its own duration
-        and zero after it.
+        ``T = ceil(N / samples_per_latent)`` for the batch's padded audio length ``N``.
 
         Args:
             batch: Batch dict (frames and/or precomputed features, caption, durations).
             steps: Sampler steps (default :attr:`sample_steps`).
             cfg: Guidance strength (default :attr:`cfg_strength`); 1 disables guidance.
             seed: Seed of the initial noise (drawn on the CPU, so the same on every device);
-                ``None`` draws from the global generator.
+                ``None`` draws from the global generator. Ignored when ``noise`` is given.
             negative_prompt: Text for the unconditional branch (one string for the whole batch
                 or one per sample) instead of the placeholders.
             method: ODE method (default :attr:`sampler`).
+            noise: Initial noise ``(B, T, C)`` instead of a seeded draw (e.g. slices of one long
+                noise sequence, so overlapping windows of a long video share their noise).
+            known: Latents ``(B, T, C)`` to inpaint around (see :meth:`FlowMatching.sample`).
+            known_mask: ``(B, T)`` True on the latent frames where ``known`` holds.
         """
         network = self.inference_network
         steps = self.sample_steps if steps is None else int(steps)
@@ -378,8 +383,7 @@ class FlowModule(LightningModule):
         method = self.sampler if method is None else method
         counts = self.sample_counts(batch).to(self.device)
         batch_size = counts.shape[0]
-        total = int(batch["audio_mask"].shape[1]) if "audio_mask" in batch else int(counts.max())
-        length = math.ceil(total / self.samples_per_latent)
+        length = self._latent_length(batch, counts)
         conditions = {k: (v.to(self.device) if v is not None else None) for k, v in self.encode_conditions(batch).items()}
         frames = torch.div(counts + self.samples_per_latent - 1, self.samples_per_latent, rounding_mode="floor")
         mask = torch.arange(length, device=self.device)[None] < frames[:, None]
@@ -391,9 +395,19 @@ class FlowModule(LightningModule):
         cond = {**common, **conditions, **self.drop_flags(conditions)}
         uncond = self._unconditional(conditions, common, negative_prompt, batch_size)
 
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
         channels = int(self.codec.latent_channels)
-        noise = torch.randn(batch_size, length, channels, generator=generator).to(self.device)
+        if noise is None:
+            generator = torch.Generator().manual_seed(seed) if seed is not None else None
+            noise = torch.randn(batch_size, length, channels, generator=generator)
+        elif tuple(noise.shape) != (batch_size, length, channels):
+            raise ValueError(f"noise has shape {tuple(noise.shape)}; this batch needs {(batch_size, length, channels)} "
+                             "(batch, latent frames, latent channels)")
+        noise = noise.to(self.device).float()
+        if known is not None:
+            known = known.to(self.device).float()
+        if known_mask is not None:
+            known_mask = known_mask.to(self.device)
+        inpaint = {"known": known, "known_mask": known_mask}
         guided = cfg != 1.0
         if hasattr(network, "prepare_conditions") and hasattr(network, "guided_velocity_fn"):
             cond_cache = network.prepare_conditions(length, **cond)
@@ -401,14 +415,61 @@ class FlowModule(LightningModule):
                 velocity = network.guided_velocity_fn(cond_cache, network.prepare_conditions(length, **uncond), cfg)
             else:
                 velocity = network.velocity_fn(cond_cache)
-            latent = self.flow.sample(velocity, noise, steps=steps, method=method)
-        else:
-            latent = self.flow.sample(
-                lambda x, t: network(x, t, **cond), noise, steps=steps, method=method, cfg_strength=cfg,
-                uncond_velocity_fn=(lambda x, t: network(x, t, **uncond)) if guided else None,
-            )
+            return self.flow.sample(velocity, noise, steps=steps, method=method, **inpaint)
+        return self.flow.sample(
+            lambda x, t: network(x, t, **cond), noise, steps=steps, method=method, cfg_strength=cfg,
+            uncond_velocity_fn=(lambda x, t: network(x, t, **uncond)) if guided else None, **inpaint,
+        )
+
+    def _latent_length(self, batch: Mapping[str, Any], counts: Tensor) -> int:
+        total = self._padded_samples(batch, counts)
+        return math.ceil(total / self.samples_per_latent)
+
+    @staticmethod
+    def _padded_samples(batch: Mapping[str, Any], counts: Tensor) -> int:
+        return int(batch["audio_mask"].shape[1]) if "audio_mask" in batch else int(counts.max())
+
+    @torch.no_grad()
+    def latent_mel(self, latent: Tensor) -> Tensor:
+        """Normalised latents ``(B, T, C)`` → the codec's log-mel ``(B, n_mels, 2T)`` (fp32)."""
         with torch.autocast(device_type=latent.device.type, enabled=False):
-            wave = self.codec.decode(latent.transpose(1, 2).float(), total).float().clamp(-1.0, 1.0)
+            return self.codec.decode_mel(latent.transpose(1, 2).float()).float()
+
+    @torch.no_grad()
+    def generate_mel(self, batch: Mapping[str, Any], **kwargs: Any) -> Tensor:
+        """Generated mono log-mel ``(B, n_mels, F)`` before the vocoder (arguments of :meth:`generate_latents`).
+
+        Stage 3 pans this mel directly, so the pipeline vocodes once per ear instead of
+        vocoding the mono signal, re-analysing it and vocoding again.
+        """
+        return self.latent_mel(self.generate_latents(batch, **kwargs))
+
+    @torch.no_grad()
+    def generate(
+        self,
+        batch: Mapping[str, Any],
+        steps: int | None = None,
+        cfg: float | None = None,
+        seed: int | None = None,
+        negative_prompt: str | list[str] | None = None,
+        method: Literal["euler", "midpoint", "heun"] | None = None,
+        noise: Tensor | None = None,
+        known: Tensor | None = None,
+        known_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Generate mono waveforms ``(B, 1, N)`` in [-1, 1] for a batch.
+
+        ``N`` is the batch's padded audio length (``audio_mask``) or the longest
+        ``seconds_total · sample_rate``; each sample is exactly as long as its own duration
+        and zero after it. Latents come from :meth:`generate_latents` (same arguments), mels
+        from :meth:`latent_mel`, waveforms from the codec's vocoder.
+        """
+        counts = self.sample_counts(batch).to(self.device)
+        total = self._padded_samples(batch, counts)
+        mel = self.generate_mel(batch, steps=steps, cfg=cfg, seed=seed, negative_prompt=negative_prompt, method=method,
+                                noise=noise, known=known, known_mask=known_mask)
+        with torch.autocast(device_type=mel.device.type, enabled=False):
+            wave = self.codec.vocode(mel)[..., :total].float().clamp(-1.0, 1.0)
         wave = wave * (torch.arange(total, device=wave.device)[None] < counts[:, None].to(wave.device))
         return wave[:, None]
 

@@ -131,3 +131,28 @@ def test_constant_pan_gives_the_closed_form_level_difference(render: str) -> Non
     torch.testing.assert_close(ild, torch.full_like(ild, 20 * math.log10(4.0)), atol=0.3, rtol=0)
     if render == "stft":
         torch.testing.assert_close(stereo.mean(1), batch["audio_mono"], atol=1e-5, rtol=0)
+
+
+def test_a_given_mono_mel_is_panned_directly_without_re_analysis() -> None:
+    from foley.models.mono2stereo import LOG_MEL_FLOOR
+
+    module = _module().eval()  # untrained head: p = 0.5 exactly, so L = R = the mono mel
+    n = 3 * 256 + 100  # not a whole number of hops: the mel is cut to ceil(n / hop) = 4 frames
+    mel = torch.randn(2, 32, 6) - 4.0  # more frames than needed, like the generator's whole latent frames
+    batch = {"mel_mono": mel, "audio_mask": torch.ones(2, n, dtype=torch.bool)}
+    stereo = module.generate(batch)
+    expected = module.codec.vocode(mel[..., :4].clamp_min(LOG_MEL_FLOOR))[..., :n]
+    assert stereo.shape == (2, 2, n)
+    torch.testing.assert_close(stereo[:, 0], expected, rtol=0, atol=0)
+    torch.testing.assert_close(stereo[:, 1], expected, rtol=0, atol=0)
+    # The old route (vocode, re-analyse, pan, vocode again) gives something else.
+    resynth = module.generate({"audio_mono": module.codec.vocode(mel[..., :4])[..., :n]})
+    assert not torch.allclose(resynth, stereo, atol=1e-3)
+    # STFT rendering from a mel alone vocodes the mono once; centred, both ears are that signal.
+    module.render = "stft"
+    centred = module.generate(batch)
+    mono = module.codec.vocode(mel[..., :4])[..., :n]
+    torch.testing.assert_close(centred[:, 0], mono, atol=1e-5, rtol=0)
+    assert torch.equal(centred[:, 0], centred[:, 1])
+    with pytest.raises(ValueError, match="frames"):
+        module.generate({"mel_mono": mel[..., :3], "audio_mask": torch.ones(2, n, dtype=torch.bool)})

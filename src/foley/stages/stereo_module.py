@@ -238,20 +238,53 @@ class StereoModule(LightningModule):
 
     @torch.no_grad()
     def generate(self, batch: Mapping[str, Any]) -> Tensor:
-        """Stereo waveform ``(B, 2, N)`` from ``batch["audio_mono"]`` ``(B, N)`` (+ the video stream).
+        """Stereo waveform ``(B, 2, N)`` from a mono mel or waveform (+ the video stream).
+
+        The mono source is ``batch["mel_mono"]`` ``(B, n_mels, F)`` when present — the
+        stage-2 generator's own log-mel (:meth:`FlowModule.generate_mel`), so nothing is
+        vocoded and re-analysed before panning — otherwise the log-mel of
+        ``batch["audio_mono"]`` ``(B, N)``. ``N`` is ``audio_mono``'s length, else
+        ``audio_mask``'s, else ``F · hop``. A given mel is cut to the ``ceil(N / hop)`` frames
+        the codec's mel of ``N`` samples has (the generator's mel covers whole latent frames),
+        so the network sees the frame grid it was trained on.
 
         With ``render="vocoder"`` each ear's mel is rendered by the codec's vocoder; with
-        ``render="stft"`` the pan ratios are applied to the mono waveform's own STFT. Either way
-        the result has exactly ``N`` samples.
+        ``render="stft"`` the pan ratios are applied to the STFT of the mono waveform
+        (``audio_mono``, or the vocoded ``mel_mono`` when only the mel is given). Either way the
+        result has exactly ``N`` samples.
         """
-        mono = batch["audio_mono"]
-        if mono.dim() == 3 and mono.shape[1] == 1:
-            mono = mono.squeeze(1)
-        mono = mono.to(self.device).float()
-        b, n = mono.shape
+        mono = batch.get("audio_mono")
+        if mono is not None:
+            if mono.dim() == 3 and mono.shape[1] == 1:
+                mono = mono.squeeze(1)
+            mono = mono.to(self.device).float()
+        hop = int(self.codec.hop_length)
+        if "mel_mono" in batch:
+            mono_mel = batch["mel_mono"].to(self.device).float()
+            if mono is not None:
+                n = mono.shape[-1]
+            elif "audio_mask" in batch:
+                n = int(batch["audio_mask"].shape[-1])
+            else:
+                n = mono_mel.shape[-1] * hop
+            frames_needed = math.ceil(n / hop)
+            if mono_mel.shape[-1] < frames_needed:
+                raise ValueError(
+                    f"mel_mono has {mono_mel.shape[-1]} frames but {n} samples need {frames_needed} "
+                    f"(hop {hop}); pass the generator's full mel"
+                )
+            mono_mel = mono_mel[..., :frames_needed]
+        elif mono is not None:
+            n = mono.shape[-1]
+            mono_mel = self._mel(mono)
+        else:
+            raise KeyError("StereoModule.generate needs batch['mel_mono'] or batch['audio_mono']")
+        b = mono_mel.shape[0]
         frames, frames_mask = self._frames(batch)
-        mono_mel = self._mel(mono)
         if self.render == "stft":
+            if mono is None:
+                # One vocoder pass for the mono signal whose STFT the pan ratios scale.
+                mono = F.pad(self.codec.vocode(mono_mel).float(), (0, max(0, n - mono_mel.shape[-1] * hop)))[..., :n]
             return self._render_stft(mono, self.network.pan(mono_mel, frames, frames_mask))
         stereo = self.network.stereo_mel(mono_mel, frames, frames_mask)
         wave = self.codec.vocode(stereo.flatten(0, 1)).unflatten(0, (b, 2))

@@ -1,14 +1,15 @@
 """Long-video generation: window planning and click-free joining.
 
 The generator is trained on windows of ``W`` seconds (8 s by default). A longer segment
-is cut into overlapping windows of exactly ``W`` seconds that step by ``W − overlap``;
-the last window is moved back so that it ends exactly at the segment's end (it then
-overlaps its neighbour by more than ``overlap``). Every window is generated from *its
-own* video frames, read at the window's own start time, so each window's audio is aligned
-to its frames by construction: timing cannot drift with the length of the video, unlike
-generating one long sequence past the trained length (where the paper reports drift after
-~20 s). Every window also gets the same seed and the same text, so its sound character
-does not jump from window to window.
+is cut into overlapping windows of ``W`` seconds that step by ``W − overlap`` (rounded down
+to the generator's latent grid); the last window starts on the grid point from which it
+ends exactly at the segment's end (it then overlaps its neighbour by more than
+``overlap``). Every window is generated from *its own* video frames, read at the window's
+own start time, so each window's audio is aligned to its frames by construction: timing
+cannot drift with the length of the video, unlike generating one long sequence past the
+trained length (where the paper reports drift after ~20 s). Every window also gets the
+same text and noise drawn from the same seed, so its sound character does not jump from
+window to window.
 
 Neighbouring windows are joined by a crossfade over their whole overlap. The fade gains
 ``a(t)`` (outgoing) and ``b(t)`` (incoming) are *correlation-adaptive constant-power*:
@@ -21,11 +22,27 @@ by 3 dB in the middle of an uncorrelated join, and an equal-power fade bumps by 
 correlated one; the adaptive gain avoids both level jumps. All operations are pure
 functions of tensors.
 
-Not done yet: conditioning continuity across windows (drawing the initial noise per
-absolute latent position so overlaps share it, or inpainting window k+1's overlap toward
-window k's latent during sampling). Both need ``FlowModule.generate`` to accept an initial
-noise / known-latent argument; the crossfade alone already keeps joins click- and
-jump-free, and timing is exact per window either way.
+Continuity across windows. The generator works on a latent grid (``grid`` samples per latent
+frame); window starts are placed on that grid (:func:`plan_windows` with ``grid``), so a
+latent frame of one window and a latent frame of its neighbour either cover exactly the
+same samples or none in common. Two mechanisms then tie neighbours together before the
+crossfade has to:
+
+* **Shared noise.** The initial noise is drawn once per *absolute* latent frame of the whole
+  segment from the seed (:func:`segment_noise`); each window takes its slice
+  (:func:`window_noise`), so overlapping windows start from the same noise on their
+  overlap. Windows can still be generated in parallel.
+* **Overlap inpainting.** Windows are generated in order, and window ``k + 1`` is sampled
+  with window ``k``'s latents as known data on their common frames
+  (:func:`overlap_known`; RePaint-style replacement of the state on those frames by the
+  noised known latent at every sampler step, see :meth:`foley.flow.FlowMatching.sample`).
+  The overlap of ``k + 1`` then *is* ``k``'s latent, and its new part is generated as a
+  continuation of it. This costs parallelism: windows run one after another.
+
+What remains approximate: the overlap's audio still differs slightly between neighbours
+(each window's vocoder sees different context at the window edges), which the adaptive
+crossfade absorbs; and inpainting only looks one window back, so there is no control of
+slow drifts in sound character beyond what the shared prompt and seed give.
 """
 
 from __future__ import annotations
@@ -38,7 +55,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-__all__ = ["Window", "plan_windows", "crossfade_gains", "join_windows", "CrossfadeKind"]
+__all__ = [
+    "Window", "plan_windows", "crossfade_gains", "join_windows", "CrossfadeKind",
+    "latent_frames", "segment_noise", "window_noise", "overlap_known",
+]
 
 CrossfadeKind = Literal["adaptive", "linear", "equal_power"]
 
@@ -55,15 +75,21 @@ class Window:
         return self.start + self.length
 
 
-def plan_windows(total: int, window: int, overlap: int) -> list[Window]:
+def plan_windows(total: int, window: int, overlap: int, grid: int = 1) -> list[Window]:
     """Cover ``[0, total)`` with windows of ``window`` samples overlapping by at least ``overlap``.
 
-    A segment no longer than ``window`` is one window of exactly ``total`` samples.
+    A segment no longer than ``window`` is one window of exactly ``total`` samples. Every
+    window starts on a multiple of ``grid`` (the generator's samples per latent frame); the
+    hop is ``window − overlap`` rounded down to the grid, and the last window starts on the
+    first grid point from which it reaches ``total`` (so it ends exactly at ``total`` and may
+    be up to ``grid − 1`` samples shorter than ``window``). ``grid = 1`` gives windows of
+    exactly ``window`` samples, the last one moved back to end at ``total``.
 
     Args:
         total: samples to cover (> 0).
         window: window length in samples.
         overlap: minimum overlap of neighbours, ``0 <= overlap < window``.
+        grid: window starts are multiples of this (>= 1, with ``window − overlap >= grid``).
 
     Returns:
         Windows in time order; the first starts at 0 and the last ends at ``total``.
@@ -72,12 +98,74 @@ def plan_windows(total: int, window: int, overlap: int) -> list[Window]:
         raise ValueError(f"nothing to cover: total = {total} samples")
     if not 0 <= overlap < window:
         raise ValueError(f"need 0 <= overlap < window, got overlap={overlap}, window={window}")
+    if grid < 1:
+        raise ValueError(f"grid must be >= 1 sample, got {grid}")
     if total <= window:
         return [Window(0, total)]
-    hop = window - overlap
+    hop = (window - overlap) // grid * grid
+    if hop < grid:
+        raise ValueError(
+            f"window - overlap = {window - overlap} samples is less than one latent frame ({grid} samples); "
+            "use a smaller overlap"
+        )
     count = math.ceil((total - window) / hop) + 1
-    starts = [k * hop for k in range(count - 1)] + [total - window]
-    return [Window(start, window) for start in starts]
+    # Between the second-to-last start (< total - window) and (count - 1)·hop (>= total - window).
+    last = math.ceil((total - window) / grid) * grid
+    return [Window(k * hop, window) for k in range(count - 1)] + [Window(last, total - last)]
+
+
+def latent_frames(window: Window, grid: int) -> tuple[int, int]:
+    """``(first, count)``: the absolute latent frames ``[first, first + count)`` a grid-aligned window spans.
+
+    ``count = ceil(length / grid)``, as the generator pads a window to whole latent frames.
+    """
+    if window.start % grid:
+        raise ValueError(f"window {window} does not start on the latent grid of {grid} samples")
+    return window.start // grid, math.ceil(window.length / grid)
+
+
+def segment_noise(windows: Sequence[Window], grid: int, channels: int, seed: int) -> Tensor:
+    """Initial noise ``(frames, channels)`` for every absolute latent frame the windows span.
+
+    Drawn on the CPU from ``seed`` in one piece, so it depends only on the seed and the
+    segment length, not on how the segment is cut into windows.
+    """
+    frames = max(sum(latent_frames(w, grid)) for w in windows)
+    return torch.randn(frames, channels, generator=torch.Generator().manual_seed(int(seed)))
+
+
+def window_noise(noise: Tensor, window: Window, grid: int) -> Tensor:
+    """The window's slice ``(count, channels)`` of :func:`segment_noise`."""
+    first, count = latent_frames(window, grid)
+    if first + count > noise.shape[0]:
+        raise ValueError(f"window {window} reaches latent frame {first + count}, the noise has {noise.shape[0]}")
+    return noise[first : first + count]
+
+
+def overlap_known(previous: Window, previous_latent: Tensor, window: Window, grid: int) -> tuple[Tensor, Tensor]:
+    """Known latents and mask for ``window`` from its predecessor's generated latents.
+
+    Args:
+        previous: the preceding window.
+        previous_latent: its generated latents ``(count, channels)`` (:func:`latent_frames`).
+        window: the window about to be generated.
+        grid: samples per latent frame.
+
+    Returns:
+        ``known`` ``(count, channels)`` and ``mask`` ``(count,)`` (bool) for ``window``: the
+        predecessor's latent frames that lie wholly inside it. A last frame that covers audio
+        past the predecessor's end (padding) is not used.
+    """
+    first, count = latent_frames(window, grid)
+    prev_first, _ = latent_frames(previous, grid)
+    usable = previous.length // grid  # whole frames only
+    known = torch.zeros(count, previous_latent.shape[-1], dtype=previous_latent.dtype)
+    mask = torch.zeros(count, dtype=torch.bool)
+    lo, hi = max(first, prev_first), min(first + count, prev_first + usable)
+    if hi > lo:
+        known[lo - first : hi - first] = previous_latent[lo - prev_first : hi - prev_first].to(known.device)
+        mask[lo - first : hi - first] = True
+    return known, mask
 
 
 def crossfade_gains(length: int, correlation: float = 0.0, kind: CrossfadeKind = "adaptive") -> tuple[Tensor, Tensor]:

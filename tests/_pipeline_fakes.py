@@ -3,9 +3,9 @@
 ``FakeCodec`` has the stage-1 codec interface the stereo stage uses (``mel``, ``vocode``,
 ``sample_rate``, ``hop_length``) with the real mel front end and a magnitude-only
 pseudo-inverse "vocoder" (fixed phase), so level differences survive the round trip.
-``FakeFlow`` has ``FlowModule.generate``'s interface: it returns a click at every
-frame where the sync stream changes, so the output is a deterministic function of the
-video timing.
+``FakeFlow`` has ``FlowModule``'s generation interface (``generate_latents``, ``latent_mel``):
+its audio holds a click at every frame where the sync stream changes, so the output is a
+deterministic function of the video timing.
 """
 
 from __future__ import annotations
@@ -41,30 +41,58 @@ class FakeCodec(nn.Module):
 
 
 class FakeFlow(nn.Module):
-    """``generate(batch, steps, cfg, seed, negative_prompt)`` → ``(B, 1, N)`` clicks at video changes."""
+    """``FlowModule``'s generation interface; its "latents" are a waveform of clicks at video changes.
 
-    def __init__(self, sample_rate: int = 44100) -> None:
+    ``generate_latents`` returns ``(B, T, grid)``: a waveform cut into latent frames of
+    ``grid`` samples, with a decaying click at every frame where the sync stream changes, so
+    the pipeline's output is a deterministic function of the video timing; ``latent_mel``
+    is the codec's mel of that waveform. The default grid is one 25 fps video frame (1764
+    samples), so windows start on the video frame grid of 25 fps test videos and every window
+    samples the video at the same phase (the click sits on the first stream frame after a
+    change, up to one frame late; the same lag in every window). Noise and known latents are
+    recorded, not used.
+    """
+
+    def __init__(self, codec: FakeCodec, grid: int = 1764) -> None:
         super().__init__()
-        self.sample_rate = sample_rate
+        self.sample_rate = codec.sample_rate
+        self.samples_per_latent = grid
+        self.latent_channels = grid
+        self.mel = codec.mel
+        self.hop_length = codec.hop_length
         self.level = nn.Parameter(torch.tensor(0.5))
         self.calls: list[dict[str, Any]] = []
 
-    @torch.no_grad()
-    def generate(self, batch: dict, steps: int = 25, cfg: float = 4.5, seed: int = 0, negative_prompt: str | None = None) -> Tensor:
-        self.calls.append({"steps": steps, "cfg": cfg, "seed": seed, "negative_prompt": negative_prompt, "caption": list(batch["caption"])})
+    def clicks(self, batch: dict) -> Tensor:
         b = batch["sync_frames"].shape[0]
         n = int(batch["audio_mask"].shape[-1])
         frames = batch["sync_frames"].float()
         fps = float(frames.shape[1]) / float(batch["seconds_total"][0])
         change = (frames[:, 1:] - frames[:, :-1]).abs().flatten(2).mean(-1) > 1.0
-        out = torch.zeros(b, 1, n)
+        out = torch.zeros(b, n)
         decay = torch.exp(-torch.arange(2000) / 200.0)
         for i, j in change.nonzero().tolist():
             start = int(round((j + 1) / fps * self.sample_rate))
             stop = min(n, start + decay.numel())
             if start < n:
-                out[i, 0, start:stop] += float(self.level) * decay[: stop - start]
+                out[i, start:stop] += float(self.level) * decay[: stop - start]
         return out
+
+    @torch.no_grad()
+    def generate_latents(self, batch: dict, steps: int = 25, cfg: float = 4.5, seed: int = 0,
+                         negative_prompt: str | None = None, noise: Tensor | None = None,
+                         known: Tensor | None = None, known_mask: Tensor | None = None) -> Tensor:
+        self.calls.append({"steps": steps, "cfg": cfg, "seed": seed, "negative_prompt": negative_prompt,
+                           "caption": list(batch["caption"]), "noise": noise, "known_mask": known_mask,
+                           "sync_frames": batch["sync_frames"], "seconds_total": batch["seconds_total"]})
+        wave = self.clicks(batch)
+        grid = self.samples_per_latent
+        return torch.nn.functional.pad(wave, (0, (-wave.shape[-1]) % grid)).unflatten(-1, (-1, grid))
+
+    @torch.no_grad()
+    def latent_mel(self, latent: Tensor) -> Tensor:
+        wave = latent.flatten(1)
+        return self.mel(torch.nn.functional.pad(wave, (0, (-wave.shape[-1]) % self.hop_length)))
 
 
 def panned_batch(
@@ -113,7 +141,7 @@ def panned_batch(
     }
 
 
-def tiny_pipeline(window_seconds: float = 8.0, overlap_seconds: float = 1.0):
+def tiny_pipeline(window_seconds: float = 8.0, overlap_seconds: float = 1.0, continuity: str = "inpaint"):
     """A FoleyPipeline of FakeFlow + a real (untrained, tiny) StereoModule on FakeCodec."""
     from foley.models.mono2stereo import Mono2Stereo
     from foley.pipeline import FoleyPipeline, PipelineSettings
@@ -122,9 +150,10 @@ def tiny_pipeline(window_seconds: float = 8.0, overlap_seconds: float = 1.0):
     codec = FakeCodec()
     stereo = StereoModule(Mono2Stereo(n_mels=32, hidden=8, layers=1, video_channels=4, video_size=16, video_columns=4), codec=codec)
     settings = PipelineSettings(
-        window_seconds=window_seconds, overlap_seconds=overlap_seconds, clip_size=16, sync_size=16, window_batch=4
+        window_seconds=window_seconds, overlap_seconds=overlap_seconds, clip_size=16, sync_size=16, window_batch=4,
+        continuity=continuity,
     )
-    return FoleyPipeline(FakeFlow(), stereo, settings)
+    return FoleyPipeline(FakeFlow(codec), stereo, settings)
 
 
 def event_video(path, seconds: float, events: list[float], fps: float = 25.0, size: int = 32) -> None:

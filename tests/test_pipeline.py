@@ -33,7 +33,7 @@ def test_output_is_exactly_as_long_as_the_video(tmp_path: Path, seconds: float) 
     audio = pipeline(video, steps=2, cfg=1.0, seed=3)
     assert audio.dtype == torch.float32 and audio.shape == (2, round(seconds * SR))
     assert torch.isfinite(audio).all() and float(audio.abs().max()) <= 1.0
-    # One window per 7 s hop, plus the end-aligned last window; all windows in batches of 4.
+    # One window per ~7 s hop, plus the end-aligned last window (inpainting: one window per call).
     windows = 1 if seconds <= 8 else 4
     assert sum(len(call["caption"]) for call in pipeline.flow.calls) == windows
     assert all(call["steps"] == 2 and call["seed"] == 3 for call in pipeline.flow.calls)

@@ -7,14 +7,20 @@ One object holds the three trained stages: the stage-2 :class:`~foley.stages.flo
 1. reads the segment's two frame streams with :mod:`foley.io.video` at the rates and sizes
    the models were trained with (docs/architecture.md §2 timing: stream frame ``i`` shows
    the frame on screen at ``s + i / f``);
-2. cuts the segment into windows of the trained length (:mod:`foley.windowing`); each
-   window is presented to the generator as a clip of its own (``seconds_start = 0``,
-   ``seconds_total`` = window length), with the same prompt and seed;
-3. generates mono audio per window (flow matching), renders it to stereo (Mono2Stereo),
-   and joins the windows with crossfades into exactly ``round(duration · 44100)`` samples.
+2. cuts the segment into windows of the trained length on the generator's latent grid
+   (:mod:`foley.windowing`); each window is presented to the generator as a clip of its own
+   (``seconds_start = 0``, ``seconds_total`` = window length), with the same prompt;
+3. samples each window's latents by flow matching from noise drawn per *absolute* latent
+   frame of the segment (overlapping windows share noise on their overlap) and, with
+   ``continuity="inpaint"``, with the previous window's latents inpainted on the overlap;
+4. decodes the latents to the mono log-mel, lets Mono2Stereo split that mel into left and
+   right mels (no vocode → re-analyse round trip), renders each ear once (vocoder, or the
+   STFT route of :class:`~foley.stages.stereo_module.StereoModule`), and joins the windows
+   with crossfades into exactly ``round(duration · 44100)`` samples.
 
-Windows are batched (``window_batch`` per forward pass), so a long video costs about
-``duration / (window − overlap)`` window generations.
+Without inpainting, windows are batched (``window_batch`` per forward pass); with it they
+are generated one after another. A long video costs about ``duration / (window − overlap)``
+window generations either way.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -34,9 +40,21 @@ from torch import Tensor, nn
 
 from foley.io.atomic import atomic_path
 from foley.io.video import VideoError, VideoFile, read_frames_at, stream_length
-from foley.windowing import CrossfadeKind, join_windows, plan_windows
+from foley.windowing import (
+    CrossfadeKind,
+    Window,
+    join_windows,
+    latent_frames,
+    overlap_known,
+    plan_windows,
+    segment_noise,
+    window_noise,
+)
 
-__all__ = ["FoleyPipeline", "PipelineSettings", "BUNDLE_FORMAT"]
+__all__ = ["FoleyPipeline", "PipelineSettings", "BUNDLE_FORMAT", "Continuity"]
+
+Continuity = Literal["inpaint", "shared_noise", "independent"]
+_CONTINUITY = ("inpaint", "shared_noise", "independent")
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +74,13 @@ class PipelineSettings:
         clip_crop: ``"center"`` or ``"resize"``.
         sync_fps: sync stream rate.
         sync_size: sync frame side (centre crop).
-        window_batch: windows generated per forward pass.
+        window_batch: windows generated per forward pass (without inpainting).
         crossfade: crossfade law at the joins (see :func:`foley.windowing.crossfade_gains`).
+        continuity: how neighbouring windows are tied together before the crossfade:
+            ``"inpaint"`` (shared noise, and each window inpaints the previous window's
+            latents on their overlap; sequential), ``"shared_noise"`` (noise per absolute
+            latent frame only; windows batched) or ``"independent"`` (every window starts
+            from the same seeded noise, as if it were a clip of its own).
     """
 
     sample_rate: int = 44100
@@ -70,6 +93,11 @@ class PipelineSettings:
     sync_size: int = 224
     window_batch: int = 4
     crossfade: CrossfadeKind = "adaptive"
+    continuity: Continuity = "inpaint"
+
+    def __post_init__(self) -> None:
+        if self.continuity not in _CONTINUITY:
+            raise ValueError(f"continuity must be one of {_CONTINUITY}, got {self.continuity!r}")
 
     @classmethod
     def from_datamodule_hparams(cls, hparams: Mapping[str, Any], **overrides: Any) -> PipelineSettings:
@@ -92,9 +120,13 @@ class FoleyPipeline(nn.Module):
     """Generates stereo Foley for a video segment with the trained stages.
 
     Args:
-        flow: stage-2 module with ``generate(batch, steps, cfg, seed, negative_prompt) -> (B, 1, N)``.
-        stereo: stage-3 module with ``generate(batch) -> (B, 2, N)`` from ``batch["audio_mono"]``.
+        flow: stage-2 module (:class:`~foley.stages.flow_module.FlowModule` interface:
+            ``generate_latents(batch, steps, cfg, seed, negative_prompt, noise, known, known_mask)
+            -> (B, T, C)``, ``latent_mel(latents) -> (B, n_mels, F)``, ``samples_per_latent``,
+            ``latent_channels``).
+        stereo: stage-3 module with ``generate(batch) -> (B, 2, N)`` from ``batch["mel_mono"]``.
         settings: frame streams, window length and joins.
+        flow_hparams: the stage-2 module's saved constructor config (needed by :meth:`save_bundle`).
     """
 
     def __init__(
@@ -254,6 +286,19 @@ class FoleyPipeline(nn.Module):
             "meta": [{} for _ in starts],
         }
 
+    def _groups(self, windows: list[Window]) -> list[list[Window]]:
+        """Windows per generator call: one at a time when inpainting (each needs its predecessor),
+        else runs of equal length (the last window may be shorter) of up to ``window_batch``."""
+        if self.settings.continuity == "inpaint":
+            return [[w] for w in windows]
+        groups: list[list[Window]] = []
+        for w in windows:
+            if groups and len(groups[-1]) < self.settings.window_batch and groups[-1][0].length == w.length:
+                groups[-1].append(w)
+            else:
+                groups.append([w])
+        return groups
+
     @torch.no_grad()
     def forward(
         self,
@@ -276,7 +321,7 @@ class FoleyPipeline(nn.Module):
             duration: segment length in seconds; default: to the end of the video.
             steps: sampler steps.
             cfg: classifier-free guidance strength (1 = off).
-            seed: noise seed (the same for every window).
+            seed: noise seed (of the whole segment's noise; see ``PipelineSettings.continuity``).
 
         Returns:
             float32 ``(2, round(duration · sample_rate))`` on the CPU, in [-1, 1].
@@ -299,15 +344,27 @@ class FoleyPipeline(nn.Module):
         s = self.settings
         total = round(duration * s.sample_rate)
         window = round(s.window_seconds * s.sample_rate)
-        windows = plan_windows(total, window, min(round(s.overlap_seconds * s.sample_rate), window - 1))
-        logger.info("%s: %.2f s in %d window(s) of %.2f s", name, duration, len(windows), windows[0].length / s.sample_rate)
+        grid = int(self.flow.samples_per_latent)
+        windows = plan_windows(total, window, min(round(s.overlap_seconds * s.sample_rate), window - grid), grid)
+        logger.info("%s: %.2f s in %d window(s) of %.2f s (%s)", name, duration, len(windows),
+                    windows[0].length / s.sample_rate, s.continuity)
+        noise = None if s.continuity == "independent" else segment_noise(windows, grid, int(self.flow.latent_channels), seed)
+        sampling = {"steps": steps, "cfg": cfg, "seed": seed, "negative_prompt": negative_prompt}
         chunks: list[Tensor] = []
-        for first in range(0, len(windows), s.window_batch):
-            group = windows[first : first + s.window_batch]
+        previous: tuple[Window, Tensor] | None = None
+        for group in self._groups(windows):
             starts = [start + w.start / s.sample_rate for w in group]
             batch = self._window_batch(handle, starts, group[0].length, prompt, Path(name).name)
-            mono = self.flow.generate(batch, steps=steps, cfg=cfg, seed=seed, negative_prompt=negative_prompt)
-            batch["audio_mono"] = mono[:, 0]
+            extra: dict[str, Tensor] = {}
+            if noise is not None:
+                extra["noise"] = torch.stack([window_noise(noise, w, grid) for w in group])
+            if s.continuity == "inpaint" and previous is not None:
+                known, known_mask = overlap_known(previous[0], previous[1], group[0], grid)
+                extra["known"], extra["known_mask"] = known[None], known_mask[None]
+            latents = self.flow.generate_latents(batch, **sampling, **extra)
+            if s.continuity == "inpaint":
+                previous = (group[-1], latents[-1, : latent_frames(group[-1], grid)[1]].detach().cpu())
+            batch["mel_mono"] = self.flow.latent_mel(latents)
             stereo = self.stereo.generate(batch)
             chunks.extend(stereo.float().cpu().unbind(0))
         audio = join_windows(chunks, windows, kind=s.crossfade)

@@ -138,6 +138,10 @@ class FlowModule(LightningModule):
         return int(self.codec.samples_per_latent)
 
     @property
+    def latent_channels(self) -> int:
+        return int(self.codec.latent_channels)
+
+    @property
     def latent_rate(self) -> float:
         return self.sample_rate / self.samples_per_latent
 
@@ -395,7 +399,7 @@ class FlowModule(LightningModule):
         cond = {**common, **conditions, **self.drop_flags(conditions)}
         uncond = self._unconditional(conditions, common, negative_prompt, batch_size)
 
-        channels = int(self.codec.latent_channels)
+        channels = self.latent_channels
         if noise is None:
             generator = torch.Generator().manual_seed(seed) if seed is not None else None
             noise = torch.randn(batch_size, length, channels, generator=generator)

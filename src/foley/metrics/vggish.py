@@ -5,23 +5,37 @@ every 10 ms (no centre padding), |rFFT| with 512 bins, 64 HTK mel bands from 125
 7.5 kHz with triangles linear in mel, ``log(mel + 0.01)``, and non-overlapping examples
 of 96 frames (0.96 s): 8 examples for 8 s, 10 for 10 s. The network's parameter names
 follow the torchvggish port (``features.*``, ``embeddings.*``), whose checkpoint
-``vggish-10086976.pth`` loads strictly. The PCA/quantisation post-processing is not
-applied (FD is computed on the raw 128-d ReLU embeddings).
+``vggish-10086976.pth`` loads strictly (key layout verified against torchvggish 0.2,
+``tests/manifests/vggish.json``).
+
+Post-processing: the AudioSet release applies a PCA whitening, clipping to [-2, 2] and 8-bit
+quantisation (official ``vggish_pca_params``: ``pca_eigen_vectors`` 128x128, ``pca_means``
+128). av-benchmark builds its VGGish with ``postprocess=False`` and computes FD_VGG on the
+raw 128-d ReLU embeddings, so that is the default here; :class:`VGGishPostprocessor`
+reproduces the official post-processing for those who need the AudioSet-release features
+(``pca_params_path``), but its FD values are not comparable with published FD_VGG.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from foley.metrics.embedders import AudioEmbedder, check_weights_file, frame_count
 
-__all__ = ["VGGish", "VGGishEmbedder", "vggish_log_mel", "vggish_mel_matrix", "vggish_examples", "vggish_example_count", "VGGISH_FILE", "VGGISH_URL"]
+__all__ = ["VGGish", "VGGishEmbedder", "VGGishPostprocessor", "VGGISH_PCA_FILE", "VGGISH_PCA_URL", "vggish_log_mel", "vggish_mel_matrix", "vggish_examples", "vggish_example_count", "VGGISH_FILE", "VGGISH_URL"]
 
 VGGISH_FILE = "vggish-10086976.pth"
 VGGISH_URL = "https://github.com/harritaylor/torchvggish/releases (port of the TensorFlow VGGish model)"
 
+VGGISH_PCA_FILE = "vggish_pca_params-970ea276.pth"
+VGGISH_PCA_URL = "https://github.com/harritaylor/torchvggish/releases/download/v0.1/" + VGGISH_PCA_FILE
+
 _WINDOW, _HOP, _FFT = 400, 160, 512
+_QUANT_MIN, _QUANT_MAX = -2.0, 2.0
 _EXAMPLE_FRAMES = 96
 
 
@@ -84,29 +98,100 @@ class VGGish(nn.Module):
         return self.embeddings(x)
 
 
+def _load_pca_params(path: Path) -> dict[str, Tensor]:
+    """The official PCA file, whose arrays may be numpy arrays rather than tensors.
+
+    Only numpy's array reconstruction is allowed on top of ``weights_only`` loading: it
+    rebuilds plain data and runs no other code.
+    """
+    from numpy._core.multiarray import _reconstruct
+
+    allowed = [
+        _reconstruct,
+        (_reconstruct, "numpy.core.multiarray._reconstruct"),  # pickled by numpy 1.x
+        np.ndarray,
+        np.dtype,
+        np.dtypes.Float64DType,
+        np.dtypes.Float32DType,
+    ]
+    with torch.serialization.safe_globals(allowed):
+        params = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return {
+            "pca_eigen_vectors": torch.as_tensor(params["pca_eigen_vectors"], dtype=torch.float32),
+            "pca_means": torch.as_tensor(params["pca_means"], dtype=torch.float32).reshape(-1),
+        }
+    except (KeyError, TypeError) as error:
+        raise RuntimeError(
+            f"{path}: expected a dict with 'pca_eigen_vectors' (128x128) and 'pca_means' (128); "
+            f"use the official {VGGISH_PCA_FILE} from {VGGISH_PCA_URL}"
+        ) from error
+
+
+class VGGishPostprocessor(nn.Module):
+    """The AudioSet-release post-processing: PCA whitening, clip to [-2, 2], 8-bit quantise.
+
+    ``out = round((clip(E (x - mu), -2, 2) + 2) * 255 / 4)`` with the eigenvector matrix
+    ``E`` (rows are components) and the mean ``mu`` from the official PCA file; values are
+    integers 0..255 stored as floats, as the official postprocessor returns them.
+
+    Args:
+        pca_eigen_vectors: ``(128, 128)``.
+        pca_means: ``(128,)``.
+    """
+
+    def __init__(self, pca_eigen_vectors: Tensor, pca_means: Tensor) -> None:
+        super().__init__()
+        if pca_eigen_vectors.shape != (128, 128) or pca_means.numel() != 128:
+            raise ValueError(
+                f"VGGish PCA parameters must be 128x128 and 128, got {tuple(pca_eigen_vectors.shape)} and {tuple(pca_means.shape)}"
+            )
+        self.register_buffer("pca_eigen_vectors", pca_eigen_vectors.float())
+        self.register_buffer("pca_means", pca_means.float().reshape(-1))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> VGGishPostprocessor:
+        """Build from the official ``vggish_pca_params-970ea276.pth``."""
+        path = check_weights_file(path, "VGGish PCA post-processing", VGGISH_PCA_FILE, VGGISH_PCA_URL)
+        params = _load_pca_params(path)
+        return cls(params["pca_eigen_vectors"], params["pca_means"])
+
+    def forward(self, embeddings: Tensor) -> Tensor:
+        """``(..., 128)`` raw embeddings -> ``(..., 128)`` quantised PCA features."""
+        pca = (embeddings - self.pca_means) @ self.pca_eigen_vectors.T
+        clipped = pca.clamp(_QUANT_MIN, _QUANT_MAX)
+        return torch.round((clipped - _QUANT_MIN) * (255.0 / (_QUANT_MAX - _QUANT_MIN)))
+
+
 class VGGishEmbedder(AudioEmbedder):
     """VGGish with official weights: embeddings ``(B, E, 128)``, one per 0.96 s example.
 
     Args:
         weights_path: local ``vggish-10086976.pth``.
         seconds: cut/pad length (``None``: the clip's own length).
+        pca_params_path: local ``vggish_pca_params-970ea276.pth`` to apply the official
+            PCA/quantisation; ``None`` (default, as av-benchmark) keeps the raw embeddings.
     """
 
     sample_rate = 16000
     embedding_dim = 128
     num_classes = 0
 
-    def __init__(self, weights_path: str | None = None, seconds: float | None = None) -> None:
+    def __init__(self, weights_path: str | None = None, seconds: float | None = None, pca_params_path: str | None = None) -> None:
         super().__init__(seconds)
         path = check_weights_file(weights_path, "VGGish", VGGISH_FILE, VGGISH_URL)
         self.model = VGGish()
         self.model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
         self.model.eval().requires_grad_(False)
+        self.postprocess = VGGishPostprocessor.from_file(pca_params_path) if pca_params_path is not None else None
 
     def forward_model(self, audio: Tensor) -> tuple[Tensor, Tensor | None]:
         examples = vggish_examples(vggish_log_mel(audio))
         b, e = examples.shape[:2]
-        return self.model(examples.flatten(0, 1)).reshape(b, e, -1), None
+        embeddings = self.model(examples.flatten(0, 1)).reshape(b, e, -1)
+        if self.postprocess is not None:
+            embeddings = self.postprocess(embeddings)
+        return embeddings, None
 
 
 def vggish_example_count(seconds: float) -> int:

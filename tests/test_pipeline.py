@@ -55,6 +55,44 @@ def test_long_video_events_stay_aligned_at_the_end(tmp_path: Path) -> None:
     assert pipeline.flow.calls[0]["caption"][0] == "knock" and pipeline.flow.calls[0]["negative_prompt"] == "speech"
 
 
+@pytest.mark.parametrize("continuity", ["inpaint", "shared_noise", "independent"])
+def test_window_noise_and_known_latents_follow_the_absolute_latent_grid(tmp_path: Path, continuity: str) -> None:
+    from foley.windowing import latent_frames, plan_windows, segment_noise
+
+    video = tmp_path / "clip.mp4"
+    event_video(video, 9.0, events=[4.0])
+    pipeline = tiny_pipeline(window_seconds=2.0, overlap_seconds=0.5, continuity=continuity)
+    total = round(8.99 * SR)  # not a whole number of latent frames: the last window is shorter
+    audio = pipeline(video, duration=8.99, steps=2, seed=5)
+    assert audio.shape == (2, total)
+    grid = pipeline.flow.samples_per_latent
+    windows = plan_windows(total, 2 * SR, SR // 2, grid)
+    assert all(w.start % grid == 0 for w in windows) and windows[-1].stop == total and windows[-1].length < 2 * SR
+    calls = pipeline.flow.calls
+    sizes = [len(call["caption"]) for call in calls]
+    # Inpainting needs each window's predecessor: one window per call; otherwise batches of
+    # equal-length windows (the shorter end-aligned last window goes alone).
+    assert sizes == ([1] * len(windows) if continuity == "inpaint" else [4, 1, 1])
+    if continuity == "independent":
+        assert all(call["noise"] is None and call["seed"] == 5 for call in calls)
+        return
+    noise = segment_noise(windows, grid, grid, seed=5)
+    index = 0
+    for call in calls:
+        for row in call["noise"]:
+            first, count = latent_frames(windows[index], grid)
+            torch.testing.assert_close(row, noise[first : first + count], rtol=0, atol=0)
+            index += 1
+    assert index == len(windows)
+    if continuity == "inpaint":
+        assert calls[0]["known_mask"] is None
+        for prev, window, call in zip(windows, windows[1:], calls[1:]):
+            # Known: the predecessor's whole latent frames inside this window.
+            common = (prev.start + prev.length // grid * grid - window.start) // grid
+            expected = torch.arange(latent_frames(window, grid)[1]) < common
+            assert torch.equal(call["known_mask"][0], expected)
+
+
 def test_segment_start_and_duration(tmp_path: Path) -> None:
     video = tmp_path / "clip.mp4"
     event_video(video, 6.0, events=[1.0, 4.0])

@@ -6,12 +6,14 @@ window's conditioning receives are the frames at that window's absolute times (a
 as at 0 s), the output has exactly ``60 · 44100`` samples, and the crossfaded joins have no
 sample step above what the signal has elsewhere. The second test measures onset alignment in
 the first vs the last 10 s with :func:`foley.metrics.synthetic.onset_alignment_by_time` for a
-*trained* pipeline, given as a bundle in ``FOLEY_LONG_VIDEO_BUNDLE`` (skipped otherwise), e.g.
-``FOLEY_LONG_VIDEO_BUNDLE=runs/demo/pipeline.pt pytest tests/test_long_video.py -m slow``;
-override the ``long_video_pipeline`` fixture to test another factory.
+*trained* pipeline (skipped otherwise), e.g.
+``FOLEY_LONG_VIDEO_FLOW=…/stage2.ckpt FOLEY_LONG_VIDEO_STEREO=…/stage3.ckpt pytest tests/test_long_video.py -m slow -k trained``
+or ``FOLEY_LONG_VIDEO_BUNDLE=pipeline.pt``; override the ``long_video_pipeline`` fixture to
+test another factory.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -23,6 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _tiny_pipeline import tiny_real_pipeline  # noqa: E402
+
+logger = logging.getLogger(__name__)
 
 SR = 44100
 FPS = 25.0
@@ -38,8 +42,7 @@ def drum_video(tmp_path_factory) -> dict:
     clip = render_clip(0, seed=3, seconds=SECONDS, fps=FPS, size=32, category="drum")
     path = tmp_path_factory.mktemp("long") / "drum60.mp4"
     write_video(path, clip.frames, FPS)
-    return {"path": path, "frames": clip.frames, "onsets": [e["onset"] for e in clip.meta["events"]],
-            "audio": clip.audio}
+    return {"path": path, "frames": clip.frames}
 
 
 def _frame_errors(recorded: torch.Tensor, truth: np.ndarray, start: float, fps: float) -> dict[int, float]:
@@ -103,25 +106,45 @@ def test_sixty_seconds_window_timing_length_and_joins(drum_video: dict, single_t
 
 @pytest.fixture
 def long_video_pipeline():
-    """A trained pipeline for the onset-drift check (``FOLEY_LONG_VIDEO_BUNDLE``), else skip."""
+    """A trained pipeline for the onset-drift check, else skip.
+
+    ``FOLEY_LONG_VIDEO_BUNDLE`` (a :meth:`FoleyPipeline.save_bundle` file), or
+    ``FOLEY_LONG_VIDEO_FLOW`` + ``FOLEY_LONG_VIDEO_STEREO`` (``foley fit`` checkpoints).
+    """
     from foley.pipeline import FoleyPipeline
 
     bundle = os.environ.get("FOLEY_LONG_VIDEO_BUNDLE")
-    if not bundle:
-        pytest.skip("set FOLEY_LONG_VIDEO_BUNDLE to a trained pipeline bundle (foley demo / FoleyPipeline.save_bundle)")
-    return FoleyPipeline.from_bundle(bundle)
+    flow, stereo = os.environ.get("FOLEY_LONG_VIDEO_FLOW"), os.environ.get("FOLEY_LONG_VIDEO_STEREO")
+    if bundle:
+        return FoleyPipeline.from_bundle(bundle)
+    if flow and stereo:
+        return FoleyPipeline.from_checkpoints(flow, stereo)
+    pytest.skip("set FOLEY_LONG_VIDEO_BUNDLE (or FOLEY_LONG_VIDEO_FLOW and FOLEY_LONG_VIDEO_STEREO) to a trained pipeline")
 
 
-@pytest.mark.slow
-def test_trained_pipeline_onsets_do_not_drift_over_sixty_seconds(drum_video: dict, long_video_pipeline) -> None:
+@pytest.mark.slow  # a 60 s generation with a trained model
+def test_trained_pipeline_onsets_do_not_drift_over_sixty_seconds(long_video_pipeline, tmp_path: Path) -> None:
+    """Onset alignment in the first vs the last 10 s of a 60 s video (``FOLEY_LONG_VIDEO_CATEGORY``,
+    default bouncing_ball, at ``FOLEY_LONG_VIDEO_SIZE`` px, default 64 like the demo's world)."""
+    from foley.io.media import write_video
     from foley.metrics.synthetic import onset_alignment_by_time
+    from foley.synth.world import render_clip
 
-    audio = long_video_pipeline(drum_video["path"], prompt="a stick hits a drum", seed=0)
+    category = os.environ.get("FOLEY_LONG_VIDEO_CATEGORY", "bouncing_ball")
+    size = int(os.environ.get("FOLEY_LONG_VIDEO_SIZE", "64"))
+    clip = render_clip(0, seed=3, seconds=SECONDS, fps=FPS, size=size, category=category)
+    onsets = [e["onset"] for e in clip.meta["events"]]
+    video = tmp_path / "long.mp4"
+    write_video(video, clip.frames, FPS)
+    steps = int(os.environ.get("FOLEY_LONG_VIDEO_STEPS", "16"))
+    audio = long_video_pipeline(video, prompt=clip.meta["caption"], steps=steps, cfg=4.5, seed=0)
     assert audio.shape == (2, round(SECONDS * SR))
-    first, last = onset_alignment_by_time(audio, drum_video["onsets"], SR, spans=[(0.0, 10.0), (50.0, 60.0)])
+    spans = [(0.0, 10.0), (50.0, 60.0)]
+    first, last = onset_alignment_by_time(audio, onsets, SR, spans)
     # The ground-truth audio scores itself perfectly (the detector and matching are not the limit).
-    truth = onset_alignment_by_time(torch.from_numpy(drum_video["audio"]), drum_video["onsets"], SR, [(0.0, 10.0), (50.0, 60.0)])
-    assert all(span.matched == span.references for span in truth)
+    truth = onset_alignment_by_time(torch.from_numpy(clip.audio), onsets, SR, spans)
+    logger.info("onset alignment: first %s, last %s, ground truth %s", first, last, truth)
+    assert all(span.references > 0 and span.matched == span.references for span in truth), truth
     recall_first, recall_last = first.matched / first.references, last.matched / last.references
     # No drift: the last 10 s are found as often, and as close to the true onsets, as the first 10 s.
     assert recall_last >= recall_first - 0.15, (first, last)

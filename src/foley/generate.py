@@ -152,6 +152,7 @@ def generate(
     device: str = "auto",
     window_seconds: float | None = None,
     overlap_seconds: float | None = None,
+    continuity: Literal["inpaint", "shared_noise", "independent"] | None = None,
 ) -> int:
     """Generate 44.1 kHz stereo Foley for videos and mux it into copies of them.
 
@@ -177,13 +178,15 @@ def generate(
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``, ...
         window_seconds: generation window; default: the trained clip length.
         overlap_seconds: overlap of neighbouring windows (crossfaded).
+        continuity: how long videos' windows are tied together (``PipelineSettings.continuity``):
+            ``inpaint`` (default; sequential), ``shared_noise`` (batched) or ``independent``.
 
     Returns:
         Number of videos written.
     """
     from foley.pipeline import FoleyPipeline
 
-    settings = {"window_seconds": window_seconds, "overlap_seconds": overlap_seconds}
+    settings = {"window_seconds": window_seconds, "overlap_seconds": overlap_seconds, "continuity": continuity}
     target = _device(device)
     if bundle is not None:
         if flow_ckpt or stereo_ckpt or codec_ckpt:

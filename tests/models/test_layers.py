@@ -9,6 +9,7 @@ from foley.models.layers import (
     MLP,
     RMSNorm,
     SinusoidalEmbedding,
+    TemporalConvMLP,
     joint_attention,
     layer_norm,
     modulate,
@@ -93,3 +94,26 @@ def test_joint_attention_ignores_masked_keys():
         torch.testing.assert_close(out[b], expected, rtol=1e-5, atol=1e-5)
     all_real = torch.ones(2, 6, dtype=torch.bool)
     torch.testing.assert_close(joint_attention(q, k, v, None), joint_attention(q, k, v, all_real))
+
+
+def test_temporal_conv_mlp_matches_formula_sees_neighbours_and_ignores_padding():
+    torch.manual_seed(0)
+    layer = TemporalConvMLP(4, 6, kernel_size=3)
+    x = torch.randn(1, 7, 4)
+    # Direct formula: replicate-padded convolutions, GELU, residual.
+    pad = lambda h: torch.cat([h[:, :, :1], h, h[:, :, -1:]], dim=2)  # noqa: E731
+    hidden = torch.nn.functional.gelu(torch.nn.functional.conv1d(pad(x.transpose(1, 2)), layer.conv1.weight, layer.conv1.bias))
+    expected = x + torch.nn.functional.conv1d(pad(hidden), layer.conv2.weight, layer.conv2.bias).transpose(1, 2)
+    torch.testing.assert_close(layer(x), expected)
+    # A token's output depends on its neighbours (two convolutions: +-2 tokens), not further.
+    moved = x.clone()
+    moved[:, 3] += 1.0
+    changed = (layer(moved) - layer(x)).abs().sum(-1)[0] > 1e-6
+    assert changed.tolist() == [False, True, True, True, True, True, False]
+    # Padding after the valid length never changes the valid tokens.
+    padded = torch.cat([x, torch.randn(1, 5, 4)], dim=1)
+    out = layer(padded, torch.tensor([7]))
+    torch.testing.assert_close(out[:, :7], layer(x))
+    # A constant sequence (a placeholder) stays constant over time.
+    constant = layer(torch.ones(2, 9, 4) * torch.randn(1, 1, 4))
+    torch.testing.assert_close(constant, constant[:, :1].expand_as(constant))

@@ -22,6 +22,7 @@ __all__ = [
     "modulate",
     "linear",
     "MLP",
+    "TemporalConvMLP",
     "SinusoidalEmbedding",
     "joint_attention",
 ]
@@ -104,6 +105,44 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return linear(self.fc2, F.gelu(linear(self.fc1, x)))
+
+
+class TemporalConvMLP(nn.Module):
+    """Residual two-layer MLP whose layers are 1-D convolutions along time.
+
+    Tokens past each sample's valid length are replaced by its last valid token and the
+    sequence ends are replicated, so padding never changes a valid token and a
+    constant sequence (e.g. a placeholder) maps to a constant sequence.
+
+    Args:
+        dim: input and output width.
+        hidden_dim: width of the hidden layer.
+        kernel_size: odd temporal kernel size.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
+        self.pad = kernel_size // 2
+        self.conv1 = nn.Conv1d(dim, hidden_dim, kernel_size)
+        self.conv2 = nn.Conv1d(hidden_dim, dim, kernel_size)
+
+    def forward(self, x: Tensor, valid_length: Tensor | None = None) -> Tensor:
+        """``x`` (B, T, D) and optional (B,) valid lengths -> (B, T, D)."""
+        index = None
+        if valid_length is not None:
+            index = torch.arange(x.shape[1], device=x.device)[None]
+            index = torch.minimum(index, (valid_length.clamp_min(1) - 1)[:, None])[:, None, :]
+
+        def conv(layer: nn.Conv1d, h: Tensor) -> Tensor:  # (B, C, T), padding-proof
+            if index is not None:
+                h = torch.gather(h, 2, index.expand(-1, h.shape[1], -1))
+            return F.conv1d(F.pad(h, (self.pad, self.pad), mode="replicate"), layer.weight, layer.bias)
+
+        h = conv(self.conv1, x.transpose(1, 2).to(self.conv1.weight.dtype))
+        h = conv(self.conv2, F.gelu(h))
+        return x + h.transpose(1, 2).to(x.dtype)
 
 
 class SinusoidalEmbedding(nn.Module):

@@ -56,6 +56,7 @@ from foley.models.layers import (
     MLP,
     RMSNorm,
     SinusoidalEmbedding,
+    TemporalConvMLP,
     joint_attention,
     layer_norm,
     linear,
@@ -282,6 +283,9 @@ class MMDiT(nn.Module):
         max_text_tokens: longest accepted text sequence (a guard against passing
             untruncated encoder outputs; there is no positional table).
         rope_base: base of the rotary frequencies.
+        sync_kernel_size: temporal kernel of the residual convolutional MLP applied to the
+            sync tokens at their own rate (MMAudio uses 3). One token rarely says "an
+            event happens here"; the change between neighbouring tokens does. 1 disables it.
         gradient_checkpointing: recompute each block in the backward pass instead of
             storing its activations (training only; ~30 % slower, much less memory for
             the large sizes or long clips).
@@ -292,11 +296,13 @@ class MMDiT(nn.Module):
                  clip_dim: int = 1024, sync_dim: int = 768, text_dim: int = 768,
                  latent_rate: float = 44100 / 1024, clip_rate: float = 8.0, sync_rate: float = 24.0,
                  max_text_tokens: int = 77, rope_base: float = 10000.0,
-                 gradient_checkpointing: bool = False) -> None:
+                 sync_kernel_size: int = 3, gradient_checkpointing: bool = False) -> None:
         super().__init__()
         if hidden_dim % num_heads or (hidden_dim // num_heads) % 2:
             raise ValueError(f"hidden_dim must split into num_heads heads of even size (64 in the "
                              f"reference sizes), got hidden_dim={hidden_dim}, num_heads={num_heads}")
+        if sync_kernel_size < 1 or sync_kernel_size % 2 == 0:
+            raise ValueError(f"sync_kernel_size must be odd and positive, got {sync_kernel_size}")
         if joint_depth < 1 or audio_depth < 0:
             raise ValueError(f"need joint_depth >= 1 and audio_depth >= 0, got {joint_depth}, {audio_depth}")
         for name, rate in (("latent_rate", latent_rate), ("clip_rate", clip_rate), ("sync_rate", sync_rate)):
@@ -314,6 +320,7 @@ class MMDiT(nn.Module):
         self.clip_in = nn.Linear(clip_dim, d)
         self.text_in = nn.Linear(text_dim, d)
         self.sync_in = nn.Linear(sync_dim, d)
+        self.sync_conv = TemporalConvMLP(d, 2 * d, sync_kernel_size) if sync_kernel_size > 1 else None
         self.sync_mlp = MLP(d, d)
         self.clip_placeholder = nn.Parameter(torch.zeros(d))
         self.sync_placeholder = nn.Parameter(torch.zeros(d))
@@ -444,6 +451,8 @@ class MMDiT(nn.Module):
             else:
                 sync_len = torch.full((batch,), sync.shape[1], dtype=torch.long, device=device)
             sync_h = torch.where(drop_sync[:, None, None], self.sync_placeholder, sync_h)
+        if self.sync_conv is not None:
+            sync_h = self.sync_conv(sync_h, sync_len)
         sync_at_audio = resample_to_times(sync_h, sync_len, self.sync_rate, audio_times)
         sync_embedding = F.silu(self.sync_mlp(sync_at_audio))
         dtype = self.sync_placeholder.dtype

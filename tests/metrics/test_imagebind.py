@@ -184,3 +184,24 @@ def test_embedders_feed_the_ib_score() -> None:
     score.update(video_embedding, audio_embedding)
     cosine = torch.nn.functional.cosine_similarity(video_embedding.double(), audio_embedding.double(), dim=-1).mean()
     assert float(score.compute()) == pytest.approx(100 * float(cosine), rel=1e-9)
+
+
+def test_ib_score_metric_samples_the_clip_stream_at_half_a_frame_per_second() -> None:
+    from foley.metrics.imagebind import IBScore
+
+    model = tiny_model()
+    fill_like_manifest(model)
+    metric = IBScore(model=model, seconds=8.0, frames_fps=8.0)
+    frames = torch.randint(0, 256, (2, 64, 3, 224, 224), dtype=torch.uint8)  # 8 s at 8 fps
+    generated = torch.randn(2, 2, 8 * 44100)
+    metric.update(generated, {"clip_frames": frames}, 44100)
+    # 0.5 fps of an 8 fps stream: frames 0, 16, 32, 48 (t = 0, 2, 4, 6 s) -> 3 pairs.
+    video = model.embed_windows("vision", imagebind_frame_pairs(imagebind_frames(frames[:, ::16].float() / 255)))
+    audio, _ = ImageBindAudioEmbedder(model=model, seconds=8.0).embed(generated, 44100)
+    expected = 100 * torch.nn.functional.cosine_similarity(video.double(), audio.double(), dim=-1).mean()
+    assert float(metric.compute()["ib_score"]) == pytest.approx(float(expected), rel=1e-6)
+    metric.reset()
+    with pytest.raises(ValueError, match="clip_frames"):
+        metric.update(generated, {}, 44100)
+    with pytest.raises(ValueError, match="multiple of 0.5"):
+        IBScore(model=model, frames_fps=0.3)

@@ -1,7 +1,8 @@
 """Evaluation metrics: the exact synthetic-world evaluator and the published benchmark metrics.
 
-Heavy evaluators (PANNs, VGGish, the AV Synchformer) live in their own modules and are
-imported from there; this package namespace only exports the metric math.
+Heavy evaluators (``panns``, ``vggish``, ``passt``, ``imagebind``, ``synchformer_av``) live in
+their own modules and are imported from there, so importing the metric math never pulls in
+hear21passt or builds a network; this package namespace only exports the metric math.
 """
 
 from foley.metrics.desync import DeSync

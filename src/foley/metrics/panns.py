@@ -3,8 +3,9 @@
 The module tree and parameter names follow the published audioset_tagging_cnn ``Cnn14``
 (with torchlibrosa's STFT-as-convolution front end), so the official checkpoint
 ``Cnn14_16k_mAP=0.438.pth`` (``{"model": state_dict, ...}``, Zenodo record 3987831) loads
-with strict key matching. Settings of the 16 kHz model: window 512, hop 160, 64 mel bands
-from 50 Hz to 8 kHz.
+with strict key matching (layout verified against panns-inference 0.1.1's ``Cnn14``,
+``tests/manifests/panns_cnn14_16k.json``; the log-mel front end agrees with torchlibrosa's to
+1e-3 dB). Settings of the 16 kHz model: window 512, hop 160, 64 mel bands from 50 Hz to 8 kHz.
 
 Outputs: the 2048-d embedding (``fc1`` after ReLU) and the 527 AudioSet logits before the
 sigmoid (KL and IS take a softmax over them, av-benchmark convention).

@@ -25,6 +25,7 @@ from foley.metrics.imagebind import (
     imagebind_audio_clips,
     imagebind_frame_pairs,
     imagebind_frames,
+    imagebind_from_file,
     imagebind_log_mel,
     load_imagebind_state,
 )
@@ -159,6 +160,11 @@ def test_loading_drops_other_modalities_and_names_a_wrong_file(tmp_path: Path) -
     target = tiny_model()
     load_imagebind_state(target, tmp_path / IMAGEBIND_FILE)
     assert all(torch.equal(v, source.state_dict()[k]) for k, v in target.state_dict().items())
+    # The embedders build on the meta device and adopt the file's tensors.
+    sizes = dict(vision_dim=32, vision_depth=2, vision_heads=2, audio_dim=24, audio_depth=2, audio_heads=2, out_dim=16)
+    adopted = imagebind_from_file(tmp_path / IMAGEBIND_FILE, **sizes)
+    assert not any(t.is_meta for t in [*adopted.parameters(), *adopted.buffers()])
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in adopted.state_dict().items())
     broken = {k: v for k, v in state.items() if k != "modality_heads.audio.2.weight"}
     torch.save(broken, tmp_path / "broken.pth")
     with pytest.raises(RuntimeError, match=r"(?s)broken\.pth.*modality_heads\.audio\.2\.weight.*imagebind_huge\.pth"):

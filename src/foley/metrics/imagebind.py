@@ -59,6 +59,7 @@ __all__ = [
     "imagebind_frames",
     "imagebind_frame_pairs",
     "load_imagebind_state",
+    "imagebind_from_file",
     "IMAGEBIND_FILE",
     "IMAGEBIND_URL",
     "IMAGEBIND_MEL_MEAN",
@@ -259,11 +260,12 @@ class ImageBind(nn.Module):
         return self.embed(modality, x.flatten(0, 1)).reshape(b, s, -1).mean(dim=1)
 
 
-def load_imagebind_state(model: ImageBind, path: str | Path) -> None:
+def load_imagebind_state(model: ImageBind, path: str | Path, assign: bool = False) -> None:
     """Load the vision and audio entries of an official ImageBind file, strictly.
 
     The text, depth, thermal and IMU entries of ``imagebind_huge.pth`` are dropped; every
-    vision/audio key of the model must be present with its shape.
+    vision/audio key of the model must be present with its shape. ``assign`` adopts the
+    file's tensors (for a model built on the meta device).
     """
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
@@ -273,12 +275,24 @@ def load_imagebind_state(model: ImageBind, path: str | Path) -> None:
     kept = {k: v for k, v in state.items() if len(k.split(".")) > 1 and k.split(".")[1] in _MODALITIES}
     logger.info("%s: %d of %d entries belong to the vision/audio branches", path, len(kept), len(state))
     try:
-        model.load_state_dict(kept, strict=True)
+        model.load_state_dict(kept, strict=True, assign=assign)
     except RuntimeError as error:
         raise RuntimeError(
             f"{path}: the vision/audio entries do not match the ImageBind-huge layout ({error}). "
             f"Use the official {IMAGEBIND_FILE} from {IMAGEBIND_URL}."
         ) from error
+
+
+def imagebind_from_file(path: str | Path, **sizes: int) -> ImageBind:
+    """An :class:`ImageBind` (huge unless ``sizes`` say otherwise) holding the file's weights.
+
+    The network is built on the meta device and takes the file's tensors, so the 719 M
+    parameters are neither randomly initialised nor held twice while loading.
+    """
+    with torch.device("meta"):
+        model = ImageBind(**sizes)
+    load_imagebind_state(model, path, assign=True)
+    return model.float()
 
 
 def imagebind_log_mel(clip: Tensor) -> Tensor:
@@ -355,8 +369,7 @@ class ImageBindAudioEmbedder(AudioEmbedder):
         super().__init__(seconds)
         if model is None:
             path = check_weights_file(weights_path, "ImageBind (huge)", IMAGEBIND_FILE, IMAGEBIND_URL)
-            model = ImageBind()
-            load_imagebind_state(model, path)
+            model = imagebind_from_file(path)
         self.model = model.eval().requires_grad_(False)
         self.embedding_dim = self.model.modality_heads["audio"][2].out_features
 
@@ -376,8 +389,7 @@ class ImageBindVideoEmbedder(nn.Module):
         super().__init__()
         if model is None:
             path = check_weights_file(weights_path, "ImageBind (huge)", IMAGEBIND_FILE, IMAGEBIND_URL)
-            model = ImageBind()
-            load_imagebind_state(model, path)
+            model = imagebind_from_file(path)
         self.model = model.eval().requires_grad_(False)
 
     @torch.no_grad()
@@ -419,8 +431,7 @@ class IBScore(GenerationMetric):
             raise ValueError(f"IB-score samples frames at 0.5 fps; frames_fps must be a multiple of 0.5, got {frames_fps}")
         if model is None:
             path = check_weights_file(weights_path, "ImageBind (huge)", IMAGEBIND_FILE, IMAGEBIND_URL)
-            model = ImageBind()
-            load_imagebind_state(model, path)
+            model = imagebind_from_file(path)
         # One network serves both branches: the audio and video embedders share it.
         self.audio = ImageBindAudioEmbedder(seconds=seconds, model=model)
         self.video = ImageBindVideoEmbedder(model=model)

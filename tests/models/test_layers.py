@@ -7,6 +7,7 @@ import torch
 
 from foley.models.layers import (
     MLP,
+    FeatureStandardizer,
     RMSNorm,
     SinusoidalEmbedding,
     TemporalConvMLP,
@@ -117,3 +118,23 @@ def test_temporal_conv_mlp_matches_formula_sees_neighbours_and_ignores_padding()
     # A constant sequence (a placeholder) stays constant over time.
     constant = layer(torch.ones(2, 9, 4) * torch.randn(1, 1, 4))
     torch.testing.assert_close(constant, constant[:, :1].expand_as(constant))
+
+
+def test_feature_standardizer_uses_unmasked_statistics_then_freezes():
+    torch.manual_seed(0)
+    layer = FeatureStandardizer(3, warmup_updates=2)
+    x = torch.randn(2, 5, 3) * torch.tensor([0.1, 2.0, 5.0]) + torch.tensor([1.0, -3.0, 0.0])
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    torch.testing.assert_close(layer.eval()(x), x)  # no statistics yet, eval mode: identity
+    out = layer.train()(x, mask)
+    tokens = x[mask]
+    expected = (x - tokens.mean(0)) / tokens.var(0, unbiased=False).add(1e-6).sqrt()
+    torch.testing.assert_close(out, expected)
+    assert out[mask].mean(0).abs().max() < 1e-5 and (out[mask].std(0, unbiased=False) - 1).abs().max() < 1e-3
+    layer(x + 1.0)  # second update: statistics of both calls
+    frozen = layer.state_dict()
+    layer(torch.randn(2, 5, 3) * 100)  # past the warm-up: no change
+    for key, value in layer.state_dict().items():
+        torch.testing.assert_close(value, frozen[key])
+    both = torch.cat([tokens, x.reshape(-1, 3) + 1.0])
+    torch.testing.assert_close(layer.eval()(x), (x - both.mean(0)) / both.var(0, unbiased=False).add(1e-6).sqrt())

@@ -23,6 +23,7 @@ __all__ = [
     "linear",
     "MLP",
     "TemporalConvMLP",
+    "FeatureStandardizer",
     "SinusoidalEmbedding",
     "joint_attention",
 ]
@@ -143,6 +144,56 @@ class TemporalConvMLP(nn.Module):
         h = conv(self.conv1, x.transpose(1, 2).to(self.conv1.weight.dtype))
         h = conv(self.conv2, F.gelu(h))
         return x + h.transpose(1, 2).to(x.dtype)
+
+
+class FeatureStandardizer(nn.Module):
+    """Per-channel standardisation of frozen-encoder features with statistics gathered in training.
+
+    In training mode the first ``warmup_updates`` calls add their (unmasked) tokens to
+    cumulative sums, like batch norm with a cumulative average that then freezes; every call
+    standardises with the statistics gathered so far (identity before the first update).
+    The statistics are buffers, so they are saved with the weights and, under DDP, broadcast
+    from rank 0 with the other buffers.
+
+    Why: a frozen encoder's tokens can share a large constant part, with the time-varying
+    part that carries the timing an order of magnitude smaller; an Adam-trained input
+    projection then learns to read that part correspondingly slowly.
+
+    Args:
+        dim: feature channels.
+        warmup_updates: training calls that update the statistics.
+        eps: variance floor.
+    """
+
+    def __init__(self, dim: int, warmup_updates: int = 100, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.warmup_updates = warmup_updates
+        self.eps = eps
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("total", torch.zeros(dim, dtype=torch.float64))
+        self.register_buffer("total_sq", torch.zeros(dim, dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x: Tensor, mask: Tensor | None = None) -> None:
+        """Add the tokens of ``x`` (B, T, D) where ``mask`` (B, T) is True."""
+        flat = x.detach().reshape(-1, x.shape[-1]).double()
+        if mask is not None:
+            flat = flat[mask.reshape(-1).bool()]
+        self.count += flat.shape[0]
+        self.total += flat.sum(0)
+        self.total_sq += flat.square().sum(0)
+        self.updates += 1
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``x`` (B, T, D) standardised per channel; updates the statistics while warming up."""
+        if self.training and int(self.updates) < self.warmup_updates:
+            self.update(x, mask)
+        if float(self.count) == 0.0:
+            return x
+        mean = self.total / self.count
+        std = (self.total_sq / self.count - mean.square()).clamp_min(0.0).add(self.eps).sqrt()
+        return ((x.double() - mean) / std).to(x.dtype)
 
 
 class SinusoidalEmbedding(nn.Module):

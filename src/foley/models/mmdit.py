@@ -55,6 +55,7 @@ from foley.flow import FlowMatching
 from foley.models.layers import (
     MLP,
     RMSNorm,
+    FeatureStandardizer,
     SinusoidalEmbedding,
     TemporalConvMLP,
     joint_attention,
@@ -286,6 +287,10 @@ class MMDiT(nn.Module):
         sync_kernel_size: temporal kernel of the residual convolutional MLP applied to the
             sync tokens at their own rate (MMAudio uses 3). One token rarely says "an
             event happens here"; the change between neighbouring tokens does. 1 disables it.
+        standardize_sync: standardise each sync channel with statistics gathered over the first
+            training steps (:class:`~foley.models.layers.FeatureStandardizer`). For encoders whose
+            tokens are dominated by a constant part, such as the randomly initialised tiny
+            Synchformer of the CI and demo configs.
         gradient_checkpointing: recompute each block in the backward pass instead of
             storing its activations (training only; ~30 % slower, much less memory for
             the large sizes or long clips).
@@ -296,7 +301,8 @@ class MMDiT(nn.Module):
                  clip_dim: int = 1024, sync_dim: int = 768, text_dim: int = 768,
                  latent_rate: float = 44100 / 1024, clip_rate: float = 8.0, sync_rate: float = 24.0,
                  max_text_tokens: int = 77, rope_base: float = 10000.0,
-                 sync_kernel_size: int = 3, gradient_checkpointing: bool = False) -> None:
+                 sync_kernel_size: int = 3, standardize_sync: bool = False,
+                 gradient_checkpointing: bool = False) -> None:
         super().__init__()
         if hidden_dim % num_heads or (hidden_dim // num_heads) % 2:
             raise ValueError(f"hidden_dim must split into num_heads heads of even size (64 in the "
@@ -319,6 +325,7 @@ class MMDiT(nn.Module):
         self.audio_in = nn.Linear(latent_dim, d)
         self.clip_in = nn.Linear(clip_dim, d)
         self.text_in = nn.Linear(text_dim, d)
+        self.sync_standardizer = FeatureStandardizer(sync_dim) if standardize_sync else None
         self.sync_in = nn.Linear(sync_dim, d)
         self.sync_conv = TemporalConvMLP(d, 2 * d, sync_kernel_size) if sync_kernel_size > 1 else None
         self.sync_mlp = MLP(d, d)
@@ -443,6 +450,8 @@ class MMDiT(nn.Module):
             sync_h = self.sync_placeholder.expand(batch, 1, -1)
             sync_len = torch.ones(batch, dtype=torch.long, device=device)
         else:
+            if self.sync_standardizer is not None:
+                sync = self.sync_standardizer(sync, sync_mask)
             sync_h = linear(self.sync_in, sync).to(self.sync_placeholder.dtype)
             if drop_sync is None:  # still routed through where() to keep the placeholder in the graph (DDP)
                 drop_sync = torch.zeros(batch, dtype=torch.bool, device=device)

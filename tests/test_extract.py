@@ -85,6 +85,25 @@ def test_extract_round_trip_matches_online_features(inputs, extracted):
                                atol=1e-4, rtol=1e-4)
 
 
+def test_training_on_features_from_other_encoder_weights_is_refused(inputs, extracted):
+    from foley.cli import FoleyCLI
+    from foley.data_modules import FoleyDataModule
+
+    cli = FoleyCLI(args=["--config", CONFIG, f"--model.init_args.codec_checkpoint={inputs['codec']}",
+                         "--trainer.logger=false"], run=False)
+    module = cli.model
+    batch = next(iter(FoleyDataModule(val_shards=str(extracted), clip_seconds=1.0, batch_size=2, num_workers=0,
+                                      load_video=False).val_dataloader()))
+    recorded = batch["meta"][0]["extracted"]["encoders"]
+    assert recorded == module.encoder_fingerprints() and set(recorded) == {"codec", "clip", "sync", "text"}
+    assert torch.isfinite(module.loss(batch))
+    # Same architecture, other random initialisation (e.g. another seed): the features no longer match.
+    other = FoleyCLI(args=["--config", CONFIG, f"--model.init_args.codec_checkpoint={inputs['codec']}",
+                           "--trainer.logger=false", "--seed_everything=123"], run=False).model
+    with pytest.raises(ValueError, match=r"sync.*extracted with different weights.*foley extract"):
+        other.loss(batch)
+
+
 def test_extract_resumes_and_overwrites(inputs, extracted):
     out = extracted
     first = sorted(feature_shard_keys(out))

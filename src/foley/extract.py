@@ -200,7 +200,8 @@ class FeatureExtractor(LightningModule):
             count = int(counts[i])
             meta = dict(batch["meta"][i])
             seconds = float(batch["seconds_total"][i])
-            meta["extracted"] = {"seconds_start": float(batch["seconds_start"][i]), "seconds": seconds}
+            meta["extracted"] = {"seconds_start": float(batch["seconds_start"][i]), "seconds": seconds,
+                                 "encoders": self.flow_module.encoder_fingerprints()}
             meta["duration"] = seconds
             members: dict[str, Any] = {
                 "flac": encode_audio_bytes(batch["audio"][i, :, :count].float().cpu().numpy(), sample_rate),

@@ -123,6 +123,7 @@ class FlowModule(LightningModule):
         self.sampler = sampler
         self.sample_posterior = sample_posterior
         self._ema_step = -1
+        self._fingerprints: dict[str, str] | None = None
 
     @staticmethod
     def _freeze(module: nn.Module | None) -> nn.Module | None:
@@ -246,6 +247,36 @@ class FlowModule(LightningModule):
             flags[f"drop_{name}"] = drop
         return flags
 
+    def encoder_fingerprints(self) -> dict[str, str]:
+        """Weight fingerprints of the frozen codec and condition encoders (``foley extract``
+        records them with the features; training on features checks them, see :meth:`_check_features`)."""
+        if self._fingerprints is None:
+            from foley.encoders.fingerprint import weights_fingerprint
+
+            modules = {"codec": self.codec, "clip": self.clip_encoder, "sync": self.sync_encoder, "text": self.text_encoder}
+            self._fingerprints = {name: weights_fingerprint(m) for name, m in modules.items() if m is not None}
+        return self._fingerprints
+
+    def _check_features(self, batch: Mapping[str, Any]) -> None:
+        """Precomputed features must come from this module's own frozen encoders: generation
+        encodes the video with them, so features from other weights (another checkpoint, or
+        tiny encoders initialised from another seed) train a model that fails at inference."""
+        metas = batch.get("meta") or []
+        recorded = next((m["extracted"]["encoders"] for m in metas if (m or {}).get("extracted", {}).get("encoders")), None)
+        if recorded is None:
+            return
+        present = {"codec": "latent" in batch, **{name: f"{name}_features" in batch for name in ("clip", "sync", "text")}}
+        own = self.encoder_fingerprints()
+        wrong = [name for name, used in present.items() if used and name in recorded and name in own and recorded[name] != own[name]]
+        if wrong:
+            key = batch.get("key", ["?"])[0]
+            raise ValueError(
+                f"sample {key!r}: its precomputed {', '.join(wrong)} features were extracted with different "
+                f"weights than this model's {', '.join(wrong)} (fingerprints {[recorded[n] for n in wrong]} vs "
+                f"{[own[n] for n in wrong]}); generation would encode videos differently from training. Re-run "
+                "`foley extract` with this same config, checkpoints and seed_everything"
+            )
+
     def _check_crop(self, batch: Mapping[str, Any]) -> None:
         """Precomputed features cover whole extracted clips; the audio crop must be that clip."""
         if "latent" not in batch:
@@ -272,6 +303,7 @@ class FlowModule(LightningModule):
         """
         network = self.network if network is None else network
         self._check_crop(batch)
+        self._check_features(batch)
         x1, mask = self.encode_latents(batch, sample=sample_posterior)
         conditions = self.encode_conditions(batch)
         batch_size, device = x1.shape[0], x1.device

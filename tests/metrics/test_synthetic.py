@@ -154,6 +154,17 @@ def test_pan_correlation_follows_the_ild_trajectory() -> None:
     assert corr == 0.0 and err > 1.0
     corr, _ = pan_correlation(truth, flat, SR)  # centred truth: nothing to track
     assert math.isnan(corr)
+    # A fixed source written to a 24-bit file: its ILD only moves by rounding noise, which
+    # must not be scored as movement (a correlation with noise is a coin toss).
+    source = torch.randn(2 * SR, generator=torch.Generator().manual_seed(5)) * 0.3
+    fixed = torch.stack([0.8 * source, 0.6 * source])
+    fixed = torch.round(fixed * 2**23) / 2**23
+    corr, err = pan_correlation(_panned(1), fixed, SR)
+    assert math.isnan(corr) and err > 1.0
+    # ... while a slow movement of a few dB is scored.
+    slow = torch.stack([source * (0.8 + 0.1 * torch.linspace(-1, 1, 2 * SR)), source * 0.6])
+    corr, _ = pan_correlation(slow, slow, SR)
+    assert corr > 0.99
 
 
 def test_metric_reports_pan_only_for_stereo_predictions() -> None:

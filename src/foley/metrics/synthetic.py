@@ -255,13 +255,17 @@ def pan_correlation(
     sample_rate: int,
     dynamic_range_db: float = 40.0,
     floor_db: float = -70.0,
+    static_db: float = 0.1,
 ) -> tuple[float, float]:
     """Pearson correlation over time between predicted and true ILD, and the mean |ILD error|.
 
     Only frames where both signals are within ``dynamic_range_db`` of their loudest frame
-    (and above ``floor_db``) count. Returns ``(nan, nan)`` when fewer than 3 frames qualify;
-    the correlation is ``nan`` when the true ILD is constant over those frames and 0 when
-    only the predicted one is (a fixed pan tracks none of the movement).
+    (and above ``floor_db``) count. Returns ``(nan, nan)`` when fewer than 3 frames qualify.
+    The correlation is ``nan`` when the true ILD does not move (standard deviation below
+    ``static_db`` over those frames: a fixed source, whose ILD only carries rounding noise
+    of the 24-bit files, so a correlation would score that noise) and 0 when only the
+    predicted one does not move (a fixed pan tracks none of the movement). ``static_db``
+    (0.1 dB) is an order of magnitude below the smallest audible ILD change (~1 dB).
     """
     n = min(predicted.shape[-1], target.shape[-1])
     ild_pred, power_pred = interchannel_level_difference(predicted[..., :n], sample_rate)
@@ -274,9 +278,9 @@ def pan_correlation(
     x, y = ild_pred[valid], ild_true[valid]
     mae = float((x - y).abs().mean())
     xc, yc = x - x.mean(), y - y.mean()
-    if float(yc.norm()) < 1e-6:  # the true pan never moves: correlation is undefined
+    if float(yc.square().mean().sqrt()) < static_db:  # the true pan never moves: correlation is undefined
         return math.nan, mae
-    if float(xc.norm()) < 1e-6:  # a fixed predicted pan follows none of the true movement
+    if float(xc.square().mean().sqrt()) < static_db:  # a fixed predicted pan follows none of the true movement
         return 0.0, mae
     return float((xc * yc).sum()) / float(xc.norm() * yc.norm()), mae
 

@@ -63,12 +63,12 @@ class DemoSettings:
     out: Path = Path("demo_out")
     train_clips: int = 512
     val_clips: int = 8
-    test_clips: int = 12
+    test_clips: int = 32
     seconds: float = 4.0
     size: int = 64
     stage1_epochs: int = 4
-    stage2_epochs: int = 60
-    stage3_epochs: int = 6
+    stage2_epochs: int = 30
+    stage3_epochs: int = 30
     stage2_batch_size: int = 8
     steps: int = 16
     cfg: float = 3.0
@@ -126,9 +126,11 @@ def _synth(settings: DemoSettings, name: str, clips: int, seed: int, log: Path) 
     return out
 
 
-def _fit(config: str, run_dir: Path, epochs: int, settings: DemoSettings, data: dict[str, Path],
+def _fit(config: str | list[str], run_dir: Path, epochs: int, settings: DemoSettings, data: dict[str, Path],
          extra: list[str], log: Path) -> Path:
-    args = ["fit", "--config", str(REPO_CONFIGS / config),
+    """``foley fit`` with ``config`` (or several stacked overlays) and the demo's data and epochs."""
+    configs = [config] if isinstance(config, str) else config
+    args = ["fit", *[arg for name in configs for arg in ("--config", str(REPO_CONFIGS / name))],
             f"--data.init_args.train_shards={data['train']}", f"--data.init_args.val_shards={data['val']}",
             f"--data.init_args.clip_seconds={settings.seconds}",
             f"--trainer.default_root_dir={run_dir}", f"--trainer.max_epochs={epochs}",
@@ -325,7 +327,7 @@ def run(settings: DemoSettings) -> dict:
     flow = _fit("tiny/stage2.yaml", runs / "stage2", settings.stage2_epochs, settings, features,
                 [f"--model.init_args.codec_checkpoint={codec}", "--data.init_args.load_video=false",
                  f"--data.init_args.batch_size={settings.stage2_batch_size}"], log)
-    stereo = _fit("tiny/stage3.yaml", runs / "stage3", settings.stage3_epochs, settings, data,
+    stereo = _fit(["tiny/stage3.yaml", "demo/stage3.yaml"], runs / "stage3", settings.stage3_epochs, settings, data,
                   [f"--model.init_args.codec_checkpoint={codec}"], log)
 
     metas = _export_test_videos(data["test"], out / "test_videos", out / "test_videos_shuffled", settings.seed)

@@ -117,12 +117,16 @@ def _latest_checkpoint(run_dir: Path) -> Path:
 
 
 def _synth(settings: DemoSettings, name: str, clips: int, seed: int, log: Path) -> Path:
+    """Synthesises a split, or reuses the one a previous demo wrote with the same settings."""
     out = settings.out / "data" / name
-    if (out / "index.json").exists():
+    recipe = {"clips": clips, "seconds": settings.seconds, "seed": seed, "size": settings.size}
+    marker = out / "demo_recipe.json"
+    if (out / "index.json").exists() and marker.exists() and json.loads(marker.read_text()) == recipe:
         return out
     _foley("synth", "--out", str(out), "--clips", str(clips), "--seconds", str(settings.seconds),
            "--seed", str(seed), "--size", str(settings.size), "--shard_size", "64", "--workers", "2",
            "--overwrite", "true", log=log)
+    atomic_write_json(marker, recipe)
     return out
 
 

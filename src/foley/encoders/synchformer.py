@@ -23,6 +23,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from foley.encoders.frames import frames_to_float, resize_center_crop
+from foley.models.layers import MLP
 
 __all__ = ["SynchformerEncoder", "MotionFormer", "num_segments"]
 
@@ -58,16 +59,6 @@ class _PatchEmbed3d(nn.Module):
     def forward(self, video: Tensor) -> Tensor:
         # (N, 3, T, H, W) -> (N, t*h*w, D), time-major token order
         return self.proj(video).flatten(2).transpose(1, 2)
-
-
-class _Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
 
 
 class _DividedAttention(nn.Module):
@@ -114,7 +105,7 @@ class _DividedSpaceTimeBlock(nn.Module):
         self.attn = _DividedAttention(dim, num_heads)
         self.timeattn = _DividedAttention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = _Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = MLP(dim, int(dim * mlp_ratio))
         self.norm3 = nn.LayerNorm(dim, eps=1e-6)
 
     def forward(self, x: Tensor, num_steps: int, patches_per_step: int) -> Tensor:

@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from foley.metrics.embedders import AudioEmbedder, check_weights_file, imagebind_clip_starts
 from foley.metrics.generation import GenerationMetric
 from foley.metrics.ib_score import ImageBindScore
+from foley.models.layers import MLP
 
 __all__ = [
     "ImageBind",
@@ -79,16 +80,6 @@ _MEL_BINS, _MEL_FRAMES = 128, 204
 _MODALITIES = ("vision", "audio")
 
 
-class _Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
 class _Block(nn.Module):
     """Pre-norm transformer block; attention is ``nn.MultiheadAttention`` (fused in-projection),
     whose parameter names the official file uses."""
@@ -97,7 +88,7 @@ class _Block(nn.Module):
         super().__init__()
         self.attn = nn.MultiheadAttention(dim, heads, bias=True, add_bias_kv=add_bias_kv, batch_first=True)
         self.norm_1 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = _Mlp(dim, 4 * dim)
+        self.mlp = MLP(dim, 4 * dim)
         self.norm_2 = nn.LayerNorm(dim, eps=1e-6)
 
     def forward(self, x: Tensor) -> Tensor:

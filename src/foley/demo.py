@@ -263,6 +263,12 @@ def _plot(generated: Path, metas: list[dict], out: Path) -> None:
         plt.close(fig)
 
 
+def _category_rows(scores: dict, first: str, second: str, fmt) -> list[str]:
+    """Markdown rows ``| category | scores[first/category] | scores[second/category] |``."""
+    categories = sorted(key.split("/", 1)[1] for key in scores if key.startswith(f"{first}/"))
+    return [f"| {c} | {fmt(scores[f'{first}/{c}'])} | {fmt(scores.get(f'{second}/{c}', float('nan')))} |" for c in categories]
+
+
 def _markdown(report: dict) -> str:
     def fmt(x: float) -> str:
         return "n/a" if x != x else f"{x:.3f}"
@@ -280,20 +286,14 @@ def _markdown(report: dict) -> str:
                      f"{fmt(row['onset_recall'])} | {fmt(row['sync_offset'])} | {fmt(row.get('pan_corr', float('nan')))} |")
     lines += ["", "Targets: onset F1 ≥ 0.8, shuffled baseline ≤ 0.3, pan correlation ≥ 0.8.", "",
               "Per category (generated):", "", "| category | onset F1 | pan corr |", "|---|---|---|"]
-    for key, value in sorted(real.items()):
-        if key.startswith("onset_f1/"):
-            category = key.split("/", 1)[1]
-            lines.append(f"| {category} | {fmt(value)} | {fmt(real.get(f'pan_corr/{category}', float('nan')))} |")
+    lines += _category_rows(real, "onset_f1", "pan_corr", fmt)
     alone = report.get("stage3_on_true_mono")
     if alone:
         lines += ["", "Stage 3 alone (the held-out clips' true mono mix in, scored against the true stereo): "
                   f"pan correlation {fmt(alone.get('pan_corr', float('nan')))}, "
                   f"mean |ILD error| {fmt(alone.get('ild_mae_db', float('nan')))} dB.", ""]
         lines += ["| category | pan corr | ILD error (dB) |", "|---|---|---|"]
-        for key, value in sorted(alone.items()):
-            if key.startswith("pan_corr/"):
-                category = key.split("/", 1)[1]
-                lines.append(f"| {category} | {fmt(value)} | {fmt(alone.get(f'ild_mae_db/{category}', float('nan')))} |")
+        lines += _category_rows(alone, "pan_corr", "ild_mae_db", fmt)
     long_video = report.get("long_video")
     if long_video:
         lines += ["", f"Long video: {long_video['seconds']:.0f} s of {long_video['category']}, generated in "

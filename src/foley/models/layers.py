@@ -176,24 +176,28 @@ class FeatureStandardizer(nn.Module):
 
     @torch.no_grad()
     def update(self, x: Tensor, mask: Tensor | None = None) -> None:
-        """Add the tokens of ``x`` (B, T, D) where ``mask`` (B, T) is True."""
-        flat = x.detach().reshape(-1, x.shape[-1]).double()
-        if mask is not None:
-            flat = flat[mask.reshape(-1).bool()]
-        self.count += flat.shape[0]
-        self.total += flat.sum(0)
-        self.total_sq += flat.square().sum(0)
+        """Add the tokens of ``x`` (B, T, D) where ``mask`` (B, T) is True, if still warming up.
+
+        Written without host synchronisation (no ``.item()``/boolean indexing), so it can
+        sit in a compiled or CUDA-graphed training step.
+        """
+        weight = torch.ones(x.shape[:-1], dtype=torch.float64, device=x.device) if mask is None else mask.double()
+        weight = weight * (self.updates < self.warmup_updates).double()
+        flat = x.detach().double()
+        self.count += weight.sum()
+        self.total += (flat * weight[..., None]).sum(dim=tuple(range(flat.dim() - 1)))
+        self.total_sq += (flat.square() * weight[..., None]).sum(dim=tuple(range(flat.dim() - 1)))
         self.updates += 1
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """``x`` (B, T, D) standardised per channel; updates the statistics while warming up."""
-        if self.training and int(self.updates) < self.warmup_updates:
+        if self.training:
             self.update(x, mask)
-        if float(self.count) == 0.0:
-            return x
-        mean = self.total / self.count
-        std = (self.total_sq / self.count - mean.square()).clamp_min(0.0).add(self.eps).sqrt()
-        return ((x.double() - mean) / std).to(x.dtype)
+        count = self.count.clamp_min(1.0)
+        mean = self.total / count
+        std = (self.total_sq / count - mean.square()).clamp_min(0.0).add(self.eps).sqrt()
+        # Before the first update (count 0) the layer is the identity.
+        return torch.where(self.count > 0, (x.double() - mean) / std, x.double()).to(x.dtype)
 
 
 class SinusoidalEmbedding(nn.Module):

@@ -15,6 +15,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from foley.configurable import Configurable
+
 __all__ = ["FlowMatching", "VelocityFn"]
 
 VelocityFn = Callable[[Tensor, Tensor], Tensor]
@@ -23,7 +25,7 @@ _T_SAMPLINGS = ("logit_normal", "uniform")
 _METHODS = ("euler", "midpoint", "heun")
 
 
-class FlowMatching:
+class FlowMatching(Configurable):
     """Flow-matching loss and Euler / midpoint / Heun samplers with optional CFG.
 
     Args:

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from foley.configurable import Configurable
 from foley.encoders.frames import frames_to_float, require, resize_center_crop
 
 __all__ = ["ClipEncoder"]
@@ -19,7 +20,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class ClipEncoder(nn.Module):
+class ClipEncoder(Configurable, nn.Module):
     """Frozen open_clip image tower: one L2-normalised embedding per frame.
 
     Only the vision tower is kept (the text tower is dropped after loading).

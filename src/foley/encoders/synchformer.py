@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from foley.configurable import Configurable
 from foley.encoders.frames import frames_to_float, resize_center_crop
 from foley.models.layers import MLP
 
@@ -206,7 +207,7 @@ class MotionFormer(nn.Module):
         return rearrange(pooled, "(n t) d -> n t d", t=self.num_steps)
 
 
-class SynchformerEncoder(nn.Module):
+class SynchformerEncoder(Configurable, nn.Module):
     """Frozen Synchformer visual encoder: uint8 frames at 25 fps → sync tokens.
 
     Output token ``8·s + j`` is time step ``j`` of segment ``s``; segments start every

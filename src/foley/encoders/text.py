@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from foley.configurable import Configurable
 from foley.encoders.frames import require
 
 __all__ = ["TextEncoder"]
@@ -14,7 +15,7 @@ __all__ = ["TextEncoder"]
 logger = logging.getLogger(__name__)
 
 
-class TextEncoder(nn.Module):
+class TextEncoder(Configurable, nn.Module):
     """Frozen T5 encoder: captions → token features and a padding mask.
 
     An empty (or whitespace-only) caption means "no text": its row of the mask is all

@@ -20,6 +20,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
+from foley.configurable import Configurable
+
 __all__ = [
     "BigVGAN",
     "SnakeBeta",
@@ -186,7 +188,7 @@ class AMPBlock1(nn.Module):
         return x
 
 
-class BigVGAN(nn.Module):
+class BigVGAN(Configurable, nn.Module):
     """BigVGAN-v2 generator: log-mel ``(B, num_mels, F)`` → waveform ``(B, 1, F · prod(upsample_rates))``.
 
     The defaults are the public 44.1 kHz / 128-band / 512× configuration (≈122 M
@@ -223,20 +225,6 @@ class BigVGAN(nn.Module):
             raise ValueError("resblock_kernel_sizes and resblock_dilation_sizes must have the same length")
         if upsample_initial_channel % (2 ** len(upsample_rates)):
             raise ValueError("upsample_initial_channel must be divisible by 2 ** len(upsample_rates)")
-        self.init_config = {
-            "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
-            "init_args": {
-                "num_mels": num_mels,
-                "upsample_rates": list(upsample_rates),
-                "upsample_kernel_sizes": list(upsample_kernel_sizes),
-                "upsample_initial_channel": upsample_initial_channel,
-                "resblock_kernel_sizes": list(resblock_kernel_sizes),
-                "resblock_dilation_sizes": [list(d) for d in resblock_dilation_sizes],
-                "snake_logscale": snake_logscale,
-                "use_tanh_at_final": use_tanh_at_final,
-                "use_bias_at_final": use_bias_at_final,
-            },
-        }
         self.num_mels = num_mels
         self.hop_length = math.prod(upsample_rates)
         self.use_tanh_at_final = use_tanh_at_final

@@ -23,6 +23,7 @@ import torch
 import torchaudio.functional as AF
 from torch import Tensor, nn
 
+from foley.configurable import Configurable
 from foley.io.atomic import atomic_path
 from foley.models.bigvgan import BigVGAN
 from foley.models.mel import LogMelSpectrogram
@@ -79,15 +80,16 @@ def prepare_waveform(
     return wave
 
 
-class Codec(nn.Module):
+class Codec(Configurable, nn.Module):
     """Mel front end + Mel-VAE + vocoder + per-channel latent statistics.
 
     Args:
         vae: Mel-VAE whose ``n_mels`` matches the front end.
-        vocoder: Mel → waveform generator with ``num_mels``, ``hop_length`` and
-            ``init_config`` attributes, returning ``(B, 1, N)``: :class:`BigVGAN`, or the
-            training-free :class:`~foley.models.griffin_lim.GriffinLimVocoder`. Its hop must
-            equal the front end's hop.
+        vocoder: Mel → waveform generator with ``num_mels`` and ``hop_length`` attributes,
+            returning ``(B, 1, N)``: :class:`BigVGAN`, or the training-free
+            :class:`~foley.models.griffin_lim.GriffinLimVocoder`. Its hop must equal the front
+            end's hop. Like every part, it records its constructor arguments
+            (:class:`~foley.configurable.Configurable`), which :meth:`init_config` returns.
         mel: Log-mel front end; defaults to the BigVGAN-v2 44.1 kHz / 128-band one.
     """
 
@@ -266,19 +268,12 @@ class Codec(nn.Module):
         return self.decode(self.encode(wave), wave.shape[-1])
 
     # ---------------------------------------------------------- persistence
-    def init_config(self) -> dict[str, Any]:
-        """``class_path``/``init_args`` description that rebuilds this codec's architecture."""
-        return {
-            "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
-            "init_args": {
-                "vae": self.vae.init_config,
-                "vocoder": self.vocoder.init_config,
-                "mel": self.mel.init_config,
-            },
-        }
-
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write weights + architecture to ``path`` (``.safetensors`` or a torch ``.pt`` file), atomically."""
+        """Write weights + architecture to ``path`` (``.safetensors`` or a torch ``.pt`` file), atomically.
+
+        This single file is what stage 2 and 3 read as ``codec_checkpoint`` while training; a
+        finished model is shipped as a model folder (``foley export``, docs/architecture.md §8).
+        """
         path = os.fspath(path)
         config_json = json.dumps(self.init_config())
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
@@ -292,11 +287,12 @@ class Codec(nn.Module):
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Codec:
-        """Build an untrained codec from a ``class_path``/``init_args`` mapping."""
-        from lightning.pytorch.cli import instantiate_module
+        """Build an untrained codec from a ``class_path``/``init_args`` mapping (see :meth:`init_config`)."""
+        from foley.configurable import build
 
-        init_args = config.get("init_args", config)
-        return instantiate_module(cls, dict(init_args))
+        if "class_path" not in config:  # a bare init_args mapping
+            config = {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(config)}
+        return build(config, cls, where="codec config")
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Codec:

@@ -14,10 +14,12 @@ import torch
 import torchaudio.functional as AF
 from torch import Tensor, nn
 
+from foley.configurable import Configurable
+
 __all__ = ["GriffinLimVocoder"]
 
 
-class GriffinLimVocoder(nn.Module):
+class GriffinLimVocoder(Configurable, nn.Module):
     """Log-mel ``(B, n_mels, F)`` → waveform ``(B, 1, F · hop)`` by fast Griffin-Lim.
 
     Args:
@@ -40,12 +42,6 @@ class GriffinLimVocoder(nn.Module):
             raise ValueError(f"n_fft - hop_length must be even, got {n_fft=} {hop_length=}")
         self.num_mels, self.sample_rate, self.n_fft, self.hop_length = num_mels, sample_rate, n_fft, hop_length
         self.n_iter, self.momentum, self.seed = n_iter, momentum, seed
-        self.init_config = {
-            "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
-            "init_args": {"num_mels": num_mels, "sample_rate": sample_rate, "n_fft": n_fft,
-                          "hop_length": hop_length, "f_min": f_min, "f_max": f_max, "n_iter": n_iter,
-                          "momentum": momentum, "seed": seed},
-        }
         fbanks = AF.melscale_fbanks(n_fft // 2 + 1, f_min, float(f_max or sample_rate / 2), num_mels,
                                     sample_rate, norm="slaney", mel_scale="slaney")  # (n_freqs, n_mels)
         # Least-squares inverse of the mel projection; derived from the config, not saved.

@@ -13,6 +13,8 @@ import torch
 import torchaudio.functional as AF
 from torch import Tensor, nn
 
+from foley.configurable import Configurable
+
 __all__ = ["LogMelSpectrogram", "num_mel_frames"]
 
 
@@ -29,7 +31,7 @@ def num_mel_frames(num_samples: int, hop_length: int = 512) -> int:
     return num_samples // hop_length
 
 
-class LogMelSpectrogram(nn.Module):
+class LogMelSpectrogram(Configurable, nn.Module):
     """Waveform ``(B, N)`` in [-1, 1] → natural-log mel magnitude ``(B, n_mels, N // hop)``.
 
     Args:
@@ -66,19 +68,6 @@ class LogMelSpectrogram(nn.Module):
         self.f_max = f_max
         self.clamp_min = clamp_min
         self.pad = (n_fft - hop_length) // 2
-        self.init_config = {
-            "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
-            "init_args": {
-                "sample_rate": sample_rate,
-                "n_fft": n_fft,
-                "hop_length": hop_length,
-                "win_length": win_length,
-                "n_mels": n_mels,
-                "f_min": f_min,
-                "f_max": f_max,
-                "clamp_min": clamp_min,
-            },
-        }
         fbanks = AF.melscale_fbanks(
             n_freqs=n_fft // 2 + 1,
             f_min=f_min,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from foley.configurable import Configurable
+
 __all__ = ["MelVAE", "ResidualConvBlock"]
 
 
@@ -48,7 +50,7 @@ def _stack(channels: int, blocks: int, kernel_size: int, dilation_cycle: tuple[i
     return [ResidualConvBlock(channels, kernel_size, dilation_cycle[i % len(dilation_cycle)]) for i in range(blocks)]
 
 
-class MelVAE(nn.Module):
+class MelVAE(Configurable, nn.Module):
     """Convolutional VAE from log-mel to a continuous latent and back.
 
     Depth counts convolution layers: ``encoder_layers = 2 + 2 · blocks`` (stem, the 2×
@@ -89,21 +91,6 @@ class MelVAE(nn.Module):
         for name, layers in (("encoder_layers", encoder_layers), ("decoder_layers", decoder_layers)):
             if layers < 2 or layers % 2:
                 raise ValueError(f"{name} must be an even number ≥ 2 (stem + resampling + 2 per block), got {layers}")
-        self.init_config = {
-            "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
-            "init_args": {
-                "n_mels": n_mels,
-                "latent_channels": latent_channels,
-                "hidden_channels": hidden_channels,
-                "encoder_layers": encoder_layers,
-                "decoder_layers": decoder_layers,
-                "kernel_size": kernel_size,
-                "dilation_cycle": list(dilation_cycle),
-                "mel_mean": mel_mean,
-                "mel_std": mel_std,
-                "logvar_clamp": list(logvar_clamp),
-            },
-        }
         self.n_mels = n_mels
         self.latent_channels = latent_channels
         self.downsample_factor = 2

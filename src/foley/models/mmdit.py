@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from foley.configurable import Configurable
 from foley.flow import FlowMatching
 from foley.models.layers import (
     MLP,
@@ -265,7 +266,7 @@ class _AudioBlock(nn.Module):
         return self.audio.post_attention(audio, joint_attention(q, k, v, cache.audio_mask), mod)
 
 
-class MMDiT(nn.Module):
+class MMDiT(Configurable, nn.Module):
     """Multimodal diffusion transformer predicting the flow velocity of audio latents.
 
     Args:

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from foley.configurable import Configurable
+
 __all__ = ["Mono2Stereo", "apply_pan", "pan_target"]
 
 LOG_MEL_FLOOR = math.log(1e-5)
@@ -107,7 +109,7 @@ class _ResidualConv(nn.Module):
         return x + self.mix(F.gelu(self.conv(self.norm(x))))
 
 
-class Mono2Stereo(nn.Module):
+class Mono2Stereo(Configurable, nn.Module):
     """Predicts per-bin pan ratios from a mono log-mel and (optionally) a video frame stream.
 
     Args:
@@ -137,19 +139,6 @@ class Mono2Stereo(nn.Module):
             raise ValueError(f"kernel_size must be odd to keep the frame grid centred, got {kernel_size}")
         self.n_mels = n_mels
         self.use_video = use_video
-        self.init_config = {
-            "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
-            "init_args": {
-                "n_mels": n_mels,
-                "hidden": hidden,
-                "layers": layers,
-                "kernel_size": kernel_size,
-                "use_video": use_video,
-                "video_channels": video_channels,
-                "video_size": video_size,
-                "video_columns": video_columns,
-            },
-        }
         self.mel_in = nn.Conv1d(n_mels, hidden, 3, padding=1)
         if use_video:
             self.video = _VideoColumns(hidden, video_channels, video_size, video_columns)

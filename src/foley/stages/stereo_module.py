@@ -325,7 +325,7 @@ class StereoModule(LightningModule):
 
     # ----------------------------------------------------------- persistence
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[NETWORK_CONFIG_KEY] = self.network.init_config
+        checkpoint[NETWORK_CONFIG_KEY] = self.network.init_config()
         if self.codec_from_file:
             # The frozen codec is reloaded from its own checkpoint; do not copy it into every stage-3 file.
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("codec.")}
@@ -376,9 +376,8 @@ class StereoModule(LightningModule):
         render: Literal["vocoder", "stft"] = "vocoder",
     ) -> StereoModule:
         """Build the module from a network ``class_path``/``init_args`` config and its state dict."""
-        from lightning.pytorch.cli import instantiate_module
+        from foley.configurable import build
 
-        config = {"_class_path": network_config["class_path"], **dict(network_config.get("init_args", {}))}
-        network = instantiate_module(Mono2Stereo, config)
+        network = build(network_config, Mono2Stereo, where="stage-3 network config")
         network.load_state_dict(dict(network_state))
         return cls(network=network, codec=codec, video_stream=video_stream, render=render, num_examples=0).eval()

@@ -1,4 +1,4 @@
-"""Timed video frame reading with decord.
+"""Timed video frame reading (decord, with PyAV where decord fails).
 
 Every frame stream in foley is defined by *times*, not by frame indices: stream frame
 ``i`` of a stream at rate ``f`` starting at ``s`` shows the source frame that is on
@@ -17,17 +17,21 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
+
+if TYPE_CHECKING:
+    from foley.io.video_pyav import PyAVFrames
 
 __all__ = [
     "VideoError",
     "VideoInfo",
     "VideoFile",
     "CropMode",
+    "VideoBackend",
     "stream_times",
     "stream_length",
     "resize_frames",
@@ -91,39 +95,66 @@ def stream_times(start: float, duration: float, fps: float) -> np.ndarray:
     return start + np.arange(stream_length(duration, fps), dtype=np.float64) / fps
 
 
+VideoBackend = Literal["auto", "decord", "pyav"]
+
+
 class VideoFile:
     """An opened video whose frames are looked up by time.
+
+    decord decodes; where it fails on a file that PyAV can decode (decord refuses e.g.
+    every H.264 video 16 pixels wide), PyAV takes over (:mod:`foley.io.video_pyav`). Both
+    number the frames by presentation timestamp from the same packet timestamps, so the
+    same times select the same frames on either path.
 
     Args:
         source: A file path or the encoded file's bytes.
         name: How to call the video in error messages (defaults to the path).
-        num_threads: decord decoding threads (0 lets FFmpeg decide).
+        num_threads: Decoding threads (0 lets FFmpeg decide).
+        backend: ``"auto"`` (decord, PyAV where decord fails), or one of them only.
 
     Raises:
         VideoError: If the file is missing, empty or has no decodable video stream.
     """
 
-    def __init__(self, source: VideoSource, name: str | None = None, num_threads: int = 1) -> None:
-        import decord
-
+    def __init__(self, source: VideoSource, name: str | None = None, num_threads: int = 1, backend: VideoBackend = "auto") -> None:
+        if backend not in ("auto", "decord", "pyav"):
+            raise ValueError(f"backend must be 'auto', 'decord' or 'pyav', got {backend!r}")
         self.name = _describe(source, name)
-        try:
-            if isinstance(source, (bytes, bytearray, memoryview)):
-                if len(source) == 0:
-                    raise VideoError(f"{self.name}: empty video data (0 bytes)")
-                self._reader = decord.VideoReader(io.BytesIO(bytes(source)), num_threads=num_threads)
-            else:
-                path = Path(source)
-                if not path.is_file():
-                    raise VideoError(f"{self.name}: video file does not exist")
-                if path.stat().st_size == 0:
-                    raise VideoError(f"{self.name}: video file is empty (0 bytes)")
-                self._reader = decord.VideoReader(str(path), num_threads=num_threads)
-            stamps = np.asarray(self._reader.get_frame_timestamp(range(len(self._reader))), dtype=np.float64)
-        except VideoError:
-            raise
-        except Exception as exc:  # decord raises DECORDError / RuntimeError / AssertionError
-            raise VideoError(f"{self.name}: cannot decode video ({type(exc).__name__}: {exc})") from exc
+        self._threads = num_threads
+        self._allow_pyav = backend != "decord"
+        self._source: str | bytes
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            if len(source) == 0:
+                raise VideoError(f"{self.name}: empty video data (0 bytes)")
+            self._source = source if isinstance(source, bytes) else bytes(source)
+        else:
+            path = Path(source)
+            if not path.is_file():
+                raise VideoError(f"{self.name}: video file does not exist")
+            if path.stat().st_size == 0:
+                raise VideoError(f"{self.name}: video file is empty (0 bytes)")
+            self._source = str(path)
+        self._reader: Any = None  # decord.VideoReader while decord decodes
+        self._pyav: PyAVFrames | None = None  # once PyAV decodes
+        decord_error: Exception | None = None
+        if backend != "pyav":
+            try:
+                stamps = self._open_decord()
+            except Exception as exc:  # decord raises DECORDError / RuntimeError / AssertionError
+                if backend == "decord":
+                    raise VideoError(f"{self.name}: cannot decode video ({type(exc).__name__}: {exc})") from exc
+                decord_error = exc
+        if self._reader is None:
+            try:
+                stamps = self._open_pyav().timestamps
+            except VideoError as exc:
+                if decord_error is None:
+                    raise
+                raise VideoError(
+                    f"{self.name}: cannot decode video (decord: {type(decord_error).__name__}: {decord_error}; PyAV: {exc})"
+                ) from exc
+            if decord_error is not None:
+                log.debug("%s: decord cannot open the video (%s); decoding with PyAV", self.name, decord_error)
         if stamps.ndim != 2 or len(stamps) == 0:
             raise VideoError(f"{self.name}: no video frames found")
         self._origin = float(stamps[0, 0])
@@ -137,6 +168,45 @@ class VideoFile:
             last_len = float(np.median(np.diff(self.starts))) if len(self.starts) > 1 else 0.0
         self.duration = float(self.starts[-1] + last_len)
         self._shape: tuple[int, int] | None = None
+
+    def _open_decord(self) -> np.ndarray:
+        """Open with decord; returns its ``(N, 2)`` frame start/end timestamps in seconds."""
+        import decord
+
+        handle = io.BytesIO(self._source) if isinstance(self._source, bytes) else self._source
+        reader = decord.VideoReader(handle, num_threads=self._threads)
+        stamps = np.asarray(reader.get_frame_timestamp(range(len(reader))), dtype=np.float64)
+        self._reader = reader
+        return stamps
+
+    def _open_pyav(self) -> PyAVFrames:
+        from foley.io.video_pyav import PyAVFrames  # imports this module: load on demand
+
+        self._pyav = PyAVFrames(self._source, self.name, num_threads=self._threads)
+        return self._pyav
+
+    def _fall_back_to_pyav(self, error: Exception) -> None:
+        """decord failed to decode frames: let PyAV decode from now on, on decord's frame timing."""
+        if not self._allow_pyav:
+            raise VideoError(f"{self.name}: decoding frames failed ({type(error).__name__}: {error})") from error
+        try:
+            pyav = self._open_pyav()
+        except VideoError as exc:
+            raise VideoError(f"{self.name}: decoding frames failed (decord: {type(error).__name__}: {error}; PyAV: {exc})") from exc
+        starts = pyav.timestamps[:, 0] - pyav.timestamps[0, 0]
+        # Indices handed out so far came from decord's table; PyAV must number frames alike.
+        if len(starts) != len(self.starts) or not np.allclose(starts, self.starts, rtol=0.0, atol=1e-4 + 1e-6 * self.duration):
+            raise VideoError(
+                f"{self.name}: decord cannot decode this video ({error}) and PyAV finds other frames "
+                f"({len(starts)} vs {len(self.starts)}); re-encode the file"
+            )
+        log.debug("%s: decord cannot decode frames (%s); decoding with PyAV", self.name, error)
+        self._reader = None
+
+    @property
+    def backend(self) -> str:
+        """Which library decodes the frames: ``"decord"`` or ``"pyav"``."""
+        return "decord" if self._reader is not None else "pyav"
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -174,10 +244,17 @@ class VideoFile:
         if indices.size == 0:
             return np.zeros((0, self.height, self.width, 3), dtype=np.uint8)
         unique, inverse = np.unique(indices, return_inverse=True)
-        try:
-            decoded = self._reader.get_batch(unique.tolist()).asnumpy()
-        except Exception as exc:
-            raise VideoError(f"{self.name}: decoding frames failed ({type(exc).__name__}: {exc})") from exc
+        if unique[0] < 0 or unique[-1] >= len(self):
+            raise IndexError(f"{self.name}: frame indices must lie in [0, {len(self)}), got {unique[0]}..{unique[-1]}")
+        decoded = None
+        if self._reader is not None:
+            try:
+                decoded = self._reader.get_batch(unique.tolist()).asnumpy()
+            except Exception as exc:  # noqa: BLE001 - any decord failure: PyAV decides
+                self._fall_back_to_pyav(exc)
+        if decoded is None:
+            assert self._pyav is not None
+            decoded = self._pyav.frames(unique)
         if self._shape is None:
             self._shape = (int(decoded.shape[1]), int(decoded.shape[2]))
         return decoded[inverse.reshape(-1)]

@@ -76,17 +76,33 @@ def test_existing_outputs_are_kept_unless_overwrite(folder: Path, tmp_path: Path
 
 
 def test_exit_status_reports_failures_after_processing_all(folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(FoleyPipeline, "from_bundle", classmethod(lambda cls, path, device="cpu", **kw: tiny_pipeline()))
+    monkeypatch.setattr(FoleyPipeline, "from_pretrained", classmethod(lambda cls, model, device="cpu", **kw: tiny_pipeline()))
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
-        generate([str(folder)], out, bundle="pipeline.pt", steps=2, device="cpu")
+        generate([str(folder)], out=out, model="model_dir", steps=2, device="cpu")
     assert exit_info.value.code == 1
     assert {p.name for p in out.iterdir()} == {"a_ntsc.mp4", "a_ntsc.wav", "b_pal.mp4", "b_pal.wav"}
-    assert generate([str(folder / "a_ntsc.mp4")], tmp_path / "out2", bundle="pipeline.pt", steps=2, device="cpu") == 1
+    assert generate([str(folder / "a_ntsc.mp4")], out=tmp_path / "out2", model="model_dir", steps=2, device="cpu") == 1
 
 
-def test_needs_a_model(tmp_path: Path) -> None:
+def test_sampling_options_left_unset_are_the_models(folder: Path, tmp_path: Path) -> None:
+    pipeline = tiny_pipeline()
+    generate_with(pipeline, [folder / "a_ntsc.mp4"], tmp_path / "out", progress=False)
+    generate_with(pipeline, [folder / "b_pal.mov"], tmp_path / "out", steps=3, cfg=2.0, progress=False)
+    calls = pipeline.flow.calls
+    # Unset options are not passed on: the generator fills in its own (stored) defaults.
+    assert calls[0]["steps"] == 25 and calls[0]["cfg"] == 4.5  # the stand-in's own defaults
+    assert calls[-1]["steps"] == 3 and calls[-1]["cfg"] == 2.0
+
+
+def test_needs_a_model_and_videos_or_text_only(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no model given"):
-        generate([str(tmp_path)], tmp_path / "out")
+        generate([str(tmp_path)], out=tmp_path / "out")
     with pytest.raises(ValueError, match="not both"):
-        generate([str(tmp_path)], tmp_path / "out", bundle="b.pt", flow_ckpt="f.ckpt")
+        generate([str(tmp_path)], out=tmp_path / "out", model="model_dir", flow_ckpt="f.ckpt")
+    with pytest.raises(ValueError, match="no videos given"):
+        generate([], out=tmp_path / "out", model="model_dir")
+    with pytest.raises(ValueError, match="--duration"):
+        generate(out=tmp_path / "out", model="model_dir", text_only=True)
+    with pytest.raises(ValueError, match="do not pass videos"):
+        generate([str(tmp_path)], out=tmp_path / "out", model="model_dir", text_only=True, duration=1.0)

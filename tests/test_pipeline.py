@@ -165,7 +165,8 @@ def trained_runs(tmp_path_factory) -> dict:
 
 
 @pytest.mark.slow  # trains stage 2 and 3 through the CLI: about a minute on 2 cores
-def test_real_tiny_stages_from_checkpoints_and_bundle(trained_runs: dict, tmp_path: Path) -> None:
+def test_real_tiny_stages_from_checkpoints_and_exported_model(trained_runs: dict, tmp_path: Path) -> None:
+    from foley.cli import main
     from foley.pipeline import FoleyPipeline
 
     pipeline = FoleyPipeline.from_checkpoints(trained_runs["flow"], trained_runs["stereo"])
@@ -175,25 +176,28 @@ def test_real_tiny_stages_from_checkpoints_and_bundle(trained_runs: dict, tmp_pa
     event_video(video, 2.2, events=[0.4, 1.6], fps=25.0)
     audio = pipeline(video, prompt="a drum", steps=2, seed=1)
     assert audio.shape == (2, round(2.2 * SR)) and torch.isfinite(audio).all()
-    bundle = tmp_path / "pipeline.pt"
-    pipeline.save_bundle(bundle)
-    reloaded = FoleyPipeline.from_bundle(bundle)
-    torch.testing.assert_close(reloaded(video, prompt="a drum", steps=2, seed=1), audio)
+    model = tmp_path / "model"
+    main(["export", "--flow_ckpt", str(trained_runs["flow"]), "--stereo_ckpt", str(trained_runs["stereo"]),
+          "--out", str(model)])
+    exported = FoleyPipeline.from_pretrained(model)
+    # configs/tiny/stage2.yaml: 4 steps, cfg 4.5, euler (the module's, not a pipeline constant).
+    assert (exported.generation.steps, exported.generation.cfg, exported.generation.sampler) == (4, 4.5, "euler")
+    assert torch.equal(exported(video, prompt="a drum", steps=2, seed=1), audio)
     moved = FoleyPipeline.from_checkpoints(trained_runs["flow"], trained_runs["stereo"], codec_checkpoint=trained_runs["codec"])
     torch.testing.assert_close(moved(video, prompt="a drum", steps=2, seed=1), audio)
 
 
 @pytest.mark.slow  # reuses the trained tiny runs above
-def test_foley_generate_command_with_a_bundle(trained_runs: dict, tmp_path: Path) -> None:
+def test_foley_generate_command_with_an_exported_model(trained_runs: dict, tmp_path: Path) -> None:
     from foley.cli import main
     from foley.io.media import read_audio
-    from foley.pipeline import FoleyPipeline
 
-    bundle = tmp_path / "pipeline.pt"
-    FoleyPipeline.from_checkpoints(trained_runs["flow"], trained_runs["stereo"]).save_bundle(bundle)
+    model = tmp_path / "model"
+    main(["export", "--flow_ckpt", str(trained_runs["flow"]), "--stereo_ckpt", str(trained_runs["stereo"]),
+          "--out", str(model)])
     video = tmp_path / "clip.mp4"
     event_video(video, 1.6, events=[0.8], fps=25.0)
-    main(["generate", str(video), "--out", str(tmp_path / "out"), "--bundle", str(bundle), "--steps", "2", "--device", "cpu"])
+    main(["generate", str(video), "--out", str(tmp_path / "out"), "--model", str(model), "--steps", "2", "--device", "cpu"])
     wave, rate = read_audio(tmp_path / "out" / "clip.wav")
     assert rate == SR and wave.shape == (2, round(1.6 * SR))
     assert (tmp_path / "out" / "clip.mp4").is_file()

@@ -3,7 +3,7 @@
 ``foley fit|validate|test|predict`` are Lightning's own subcommands (LightningCLI), so
 every Trainer flag, ``--print_config``, dotted overrides and multi-file ``--config``
 overlays work as Lightning users expect. The data tools (``synth``, ``prepare``,
-``extract``, ``generate``) are plain typed functions exposed through jsonargparse, so
+``extract``, ``generate``, ``export``) are plain typed functions exposed through jsonargparse, so
 their ``--help`` comes from their signatures and docstrings.
 """
 from __future__ import annotations
@@ -35,6 +35,7 @@ TOOL_COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("foley.prepare:prepare", "Cut real videos (folder or manifest) into training shards."),
     "extract": ("foley.extract:extract", "Precompute codec latents and encoder features into shards."),
     "generate": ("foley.generate:generate", "Generate stereo Foley for videos and mux it into mp4."),
+    "export": ("foley.export:export", "Write a model folder (JSON + safetensors) from `foley fit` checkpoints."),
 }
 
 
@@ -74,10 +75,12 @@ def run_tool(name: str, argv: Sequence[str]) -> Any:
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with the arguments below.")
     # Input files are positional (`foley generate a.mp4 b.mp4 --out DIR`); everything
     # else is an option, so `--out` reads the same in every tool.
-    positional = "inputs" in inspect.signature(function).parameters
-    parser.add_function_arguments(function, as_positional=False, skip={"inputs"} if positional else None)
-    if positional:
-        parser.add_argument("inputs", nargs="+", help="Video files or folders (or manifests).")
+    inputs = inspect.signature(function).parameters.get("inputs")
+    parser.add_function_arguments(function, as_positional=False, skip={"inputs"} if inputs else None)
+    if inputs is not None:
+        # Optional when the tool has a mode without input files (`foley generate --text-only`).
+        nargs = "+" if inputs.default is inspect.Parameter.empty else "*"
+        parser.add_argument("inputs", nargs=nargs, help="Video files or folders (or manifests).")
     cfg = parser.parse_args(_normalise_tool_argv(function, argv))
     cfg.pop("config", None)
     kwargs = parser.instantiate_classes(cfg).as_dict()

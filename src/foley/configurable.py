@@ -15,12 +15,13 @@ misspelt arguments are refused.
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-__all__ = ["Configurable", "build", "check_class_paths", "ConfigError", "ALLOWED_PREFIXES"]
+__all__ = ["Configurable", "build", "check_class_paths", "dataclass_config", "ConfigError", "ALLOWED_PREFIXES"]
 
 T = TypeVar("T")
 
@@ -162,9 +163,26 @@ def build(config: Mapping[str, Any], base: type[T], where: str = "config") -> T:
         raise ConfigError(f"{where}: expected a mapping with 'class_path' and 'init_args'")
     check_class_paths(config, where)
     parser = ArgumentParser(exit_on_error=False)
-    parser.add_subclass_arguments(base, "value", required=True, fail_untyped=False)
+    if dataclasses.is_dataclass(base):
+        # Plain settings: jsonargparse builds a dataclass from its typed fields, not by class_path.
+        expected = f"{base.__module__}.{base.__qualname__}"
+        if config["class_path"] != expected:
+            raise ConfigError(f"{where}: expected class_path {expected!r}, got {config['class_path']!r}")
+        parser.add_class_arguments(base, "value", fail_untyped=False)
+        value: Any = dict(config.get("init_args") or {})
+    else:
+        parser.add_subclass_arguments(base, "value", required=True, fail_untyped=False)
+        value = dict(config)
     try:
-        parsed = parser.parse_object({"value": dict(config)})
+        parsed = parser.parse_object({"value": value})
         return parser.instantiate(parsed).value
     except Exception as error:  # jsonargparse reports type and name problems as several exception types
-        raise ConfigError(f"{where}: cannot build {config['class_path']}: {error}") from error
+        # jsonargparse ends with the whole given value, which the file already shows.
+        reason = str(error).split("\n  Given value type:")[0]
+        raise ConfigError(f"{where}: cannot build {config['class_path']}: {reason}") from error
+
+
+def dataclass_config(value: Any) -> dict[str, Any]:
+    """``class_path``/``init_args`` form of a settings dataclass (the inverse of :func:`build` on it)."""
+    cls = type(value)
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": _copy(dataclasses.asdict(value))}

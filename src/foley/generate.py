@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,15 +79,19 @@ def generate_with(
     out: str | os.PathLike[str],
     prompt: str | None = None,
     negative_prompt: str | None = None,
-    steps: int = 25,
-    cfg: float = 4.5,
+    steps: int | None = None,
+    cfg: float | None = None,
     seed: int = 0,
     audio_format: Literal["wav", "flac"] = "wav",
     mp4_audio_codec: Literal["aac", "flac", "alac"] = "aac",
     overwrite: bool = False,
     progress: bool = True,
+    sampler: Literal["euler", "midpoint", "heun"] | None = None,
 ) -> GenerationReport:
-    """Run an already built :class:`~foley.pipeline.FoleyPipeline` over videos (see :func:`generate`)."""
+    """Run an already built :class:`~foley.pipeline.FoleyPipeline` over videos (see :func:`generate`).
+
+    Sampling arguments left at ``None`` take the model's stored defaults.
+    """
     from tqdm.auto import tqdm
 
     out = Path(out)
@@ -118,7 +123,8 @@ def generate_with(
             report.skipped.append(video)
             continue
         try:
-            audio = pipeline(video, prompt=prompt, negative_prompt=negative_prompt, steps=steps, cfg=cfg, seed=seed)
+            audio = pipeline(video, prompt=prompt, negative_prompt=negative_prompt, steps=steps, cfg=cfg, seed=seed,
+                             sampler=sampler)
             wave = audio.detach().cpu().numpy()
             write_audio(audio_path, wave, sample_rate)
             mux_audio(video, wave, sample_rate, mp4_path, codec=mp4_audio_codec)
@@ -134,18 +140,44 @@ def generate_with(
     return report
 
 
+def _load_pipeline(model: str | None, flow_ckpt: str | None, stereo_ckpt: str | None, codec_ckpt: str | None,
+                   device: torch.device, settings: dict[str, object]):
+    from foley.pipeline import FoleyPipeline
+
+    if model is not None:
+        if flow_ckpt or stereo_ckpt or codec_ckpt:
+            raise ValueError("give either --model or the stage checkpoints (--flow_ckpt, --stereo_ckpt), not both")
+        return FoleyPipeline.from_pretrained(model, device=device, **settings)
+    if flow_ckpt is not None and stereo_ckpt is not None:
+        return FoleyPipeline.from_checkpoints(flow_ckpt, stereo_ckpt, codec_ckpt, device=device, **settings)
+    raise ValueError(
+        "no model given: pass --model MODEL_DIR (a folder from `foley export`, or a Hugging Face Hub id), "
+        "or --flow_ckpt STAGE2.ckpt and --stereo_ckpt STAGE3.ckpt"
+    )
+
+
+def _text_only_name(prompt: str | None) -> str:
+    """A file name from the prompt: ``"Rain on a tin roof"`` → ``rain_on_a_tin_roof``."""
+    slug = re.sub(r"[^a-z0-9]+", "_", (prompt or "").lower()).strip("_")[:60].rstrip("_")
+    return slug or "unconditional"
+
+
 def generate(
-    inputs: list[str],
+    inputs: list[str] | None = None,
+    *,
     out: Path,
-    bundle: str | None = None,
+    model: str | None = None,
     flow_ckpt: str | None = None,
     stereo_ckpt: str | None = None,
     codec_ckpt: str | None = None,
     prompt: str | None = None,
     negative_prompt: str | None = None,
-    steps: int = 25,
-    cfg: float = 4.5,
+    steps: int | None = None,
+    cfg: float | None = None,
+    sampler: Literal["euler", "midpoint", "heun"] | None = None,
     seed: int = 0,
+    text_only: bool = False,
+    duration: float | None = None,
     audio_format: Literal["wav", "flac"] = "wav",
     mp4_audio_codec: Literal["aac", "flac", "alac"] = "aac",
     overwrite: bool = False,
@@ -158,20 +190,26 @@ def generate(
 
     Writes ``OUT/<name>.wav`` (or ``.flac``) and ``OUT/<name>.mp4`` (original video stream,
     new audio) per input video. Exits with status 1 after processing everything if any
-    input failed.
+    input failed. With ``--text-only`` no video is read: one ``OUT/<prompt>.wav`` of
+    ``--duration`` seconds is generated from the prompt alone (for generators trained with
+    modality dropout). Sampling options left unset use the model's stored defaults.
 
     Args:
-        inputs: video files and/or folders of videos.
+        inputs: video files and/or folders of videos (none with ``--text-only``).
         out: output folder (created if needed).
-        bundle: one-file pipeline (``FoleyPipeline.save_bundle``); or give the stage checkpoints.
+        model: model folder from ``foley export`` or a Hugging Face Hub id; or give the stage checkpoints.
         flow_ckpt: stage-2 checkpoint from ``foley fit --config configs/stage2.yaml``.
         stereo_ckpt: stage-3 checkpoint from ``foley fit --config configs/stage3.yaml``.
         codec_ckpt: stage-1 checkpoint, if it moved since stage 2 was trained.
         prompt: optional text describing the wanted sound.
-        negative_prompt: optional text describing sound to avoid (e.g. "speech, music").
-        steps: sampler steps.
-        cfg: classifier-free guidance strength (1 disables guidance).
+        negative_prompt: optional text describing sound to avoid (e.g. "speech, music"); "" switches
+            off a stored default.
+        steps: sampler steps (default: the model's).
+        cfg: classifier-free guidance strength, 1 disables guidance (default: the model's).
+        sampler: ODE method (default: the model's).
         seed: noise seed.
+        text_only: generate from the prompt alone (no video), ``duration`` seconds.
+        duration: length in seconds of text-only generation.
         audio_format: ``wav`` or ``flac`` for the audio-only file.
         mp4_audio_codec: audio codec inside the mp4 (``aac``; ``flac``/``alac`` are lossless).
         overwrite: replace existing outputs instead of skipping those videos.
@@ -182,25 +220,31 @@ def generate(
             ``inpaint`` (default; sequential), ``shared_noise`` (batched) or ``independent``.
 
     Returns:
-        Number of videos written.
+        Number of files (videos, or the text-only audio) written.
     """
-    from foley.pipeline import FoleyPipeline
-
+    inputs = list(inputs or [])
+    if text_only:
+        if inputs:
+            raise ValueError("--text-only generates without video; do not pass videos")
+        if duration is None or duration <= 0:
+            raise ValueError("--text-only needs --duration SECONDS (> 0)")
+    elif not inputs:
+        raise ValueError("no videos given (or pass --text-only --duration SECONDS --prompt TEXT)")
     settings = {"window_seconds": window_seconds, "overlap_seconds": overlap_seconds, "continuity": continuity}
-    target = _device(device)
-    if bundle is not None:
-        if flow_ckpt or stereo_ckpt or codec_ckpt:
-            raise ValueError("give either --bundle or the stage checkpoints (--flow_ckpt, --stereo_ckpt), not both")
-        pipeline = FoleyPipeline.from_bundle(bundle, device=target, **settings)
-    elif flow_ckpt is not None and stereo_ckpt is not None:
-        pipeline = FoleyPipeline.from_checkpoints(flow_ckpt, stereo_ckpt, codec_ckpt, device=target, **settings)
-    else:
-        raise ValueError(
-            "no model given: pass --bundle PIPELINE.pt, or --flow_ckpt STAGE2.ckpt and --stereo_ckpt STAGE3.ckpt"
-        )
+    pipeline = _load_pipeline(model, flow_ckpt, stereo_ckpt, codec_ckpt, _device(device), settings)
+    if text_only:
+        target = Path(out) / f"{_text_only_name(prompt)}.{audio_format}"
+        if target.exists() and not overwrite:
+            raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
+        Path(out).mkdir(parents=True, exist_ok=True)
+        audio = pipeline(None, prompt=prompt, negative_prompt=negative_prompt, duration=duration, steps=steps,
+                         cfg=cfg, seed=seed, sampler=sampler)
+        write_audio(target, audio.detach().cpu().numpy(), int(pipeline.settings.sample_rate))
+        logger.info("foley generate: %.2f s from text -> %s", duration, target)
+        return 1
     report = generate_with(
         pipeline, inputs, out, prompt=prompt, negative_prompt=negative_prompt, steps=steps, cfg=cfg, seed=seed,
-        audio_format=audio_format, mp4_audio_codec=mp4_audio_codec, overwrite=overwrite,
+        audio_format=audio_format, mp4_audio_codec=mp4_audio_codec, overwrite=overwrite, sampler=sampler,
     )
     if report.failed:
         listing = "\n".join(f"  {path}: {reason}" for path, reason in report.failed)

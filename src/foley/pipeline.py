@@ -25,23 +25,19 @@ window generations either way.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tempfile
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from foley.io.atomic import atomic_path
-from foley.io.video import VideoError, VideoFile, read_frames_at, stream_length
+from foley.io.decoded_frames import DecodedFrames
+from foley.io.video import VideoError, VideoFile, resize_frames, stream_length
+from foley.pipeline_settings import Continuity, GenerationDefaults, PipelineSettings, Sampler
 from foley.windowing import (
-    CrossfadeKind,
     Window,
     join_windows,
     latent_frames,
@@ -51,82 +47,29 @@ from foley.windowing import (
     window_noise,
 )
 
-__all__ = ["FoleyPipeline", "PipelineSettings", "BUNDLE_FORMAT", "Continuity"]
-
-Continuity = Literal["inpaint", "shared_noise", "independent"]
-_CONTINUITY = ("inpaint", "shared_noise", "independent")
+__all__ = ["FoleyPipeline", "PipelineSettings", "GenerationDefaults", "DecodedFrames", "Continuity", "Sampler"]
 
 logger = logging.getLogger(__name__)
 
-BUNDLE_FORMAT = "foley-pipeline-bundle"
-
-
-@dataclass
-class PipelineSettings:
-    """How videos are cut and read; defaults match configs/stage2.yaml.
-
-    Args:
-        sample_rate: output rate (the codec's).
-        window_seconds: generation window (the trained clip length).
-        overlap_seconds: minimum overlap of neighbouring windows, crossfaded.
-        clip_fps: CLIP stream rate.
-        clip_size: CLIP frame side.
-        clip_crop: ``"center"`` or ``"resize"``.
-        sync_fps: sync stream rate.
-        sync_size: sync frame side (centre crop).
-        window_batch: windows generated per forward pass (without inpainting).
-        crossfade: crossfade law at the joins (see :func:`foley.windowing.crossfade_gains`).
-        continuity: how neighbouring windows are tied together before the crossfade:
-            ``"inpaint"`` (shared noise, and each window inpaints the previous window's
-            latents on their overlap; sequential), ``"shared_noise"`` (noise per absolute
-            latent frame only; windows batched) or ``"independent"`` (every window starts
-            from the same seeded noise, as if it were a clip of its own).
-    """
-
-    sample_rate: int = 44100
-    window_seconds: float = 8.0
-    overlap_seconds: float = 1.0
-    clip_fps: float = 8.0
-    clip_size: int = 224
-    clip_crop: str = "center"
-    sync_fps: float = 25.0
-    sync_size: int = 224
-    window_batch: int = 4
-    crossfade: CrossfadeKind = "adaptive"
-    continuity: Continuity = "inpaint"
-
-    def __post_init__(self) -> None:
-        if self.continuity not in _CONTINUITY:
-            raise ValueError(f"continuity must be one of {_CONTINUITY}, got {self.continuity!r}")
-
-    @classmethod
-    def from_datamodule_hparams(cls, hparams: Mapping[str, Any], **overrides: Any) -> PipelineSettings:
-        """Settings from the ``FoleyDataModule`` hyper-parameters saved in a training checkpoint."""
-        names = {f.name for f in fields(cls)}
-        values = {k: hparams[k] for k in ("sample_rate", "clip_fps", "clip_size", "clip_crop", "sync_fps", "sync_size") if k in hparams}
-        if "clip_seconds" in hparams:
-            values["window_seconds"] = float(hparams["clip_seconds"])
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = set(values) - names
-        if unknown:
-            raise TypeError(f"unknown pipeline settings: {sorted(unknown)}")
-        settings = cls(**values)
-        if settings.overlap_seconds >= settings.window_seconds:
-            settings.overlap_seconds = settings.window_seconds / 4
-        return settings
-
 
 class FoleyPipeline(nn.Module):
-    """Generates stereo Foley for a video segment with the trained stages.
+    """Generates stereo Foley for a video (or from text alone) with the trained stages.
+
+    Three lines from a model folder or Hub repo::
+
+        from foley import FoleyPipeline
+        pipe = FoleyPipeline.from_pretrained("demo_out/model")
+        audio = pipe("clip.mp4", prompt="footsteps on gravel")   # (2, N) float32 at 44.1 kHz
 
     Args:
         flow: stage-2 module (:class:`~foley.stages.flow_module.FlowModule` interface:
             ``generate_latents(batch, steps, cfg, seed, negative_prompt, noise, known, known_mask)
             -> (B, T, C)``, ``latent_mel(latents) -> (B, n_mels, F)``, ``samples_per_latent``,
-            ``latent_channels``).
+            ``latent_channels``). Its ``sample_steps``, ``cfg_strength`` and ``sampler`` are the
+            generation defaults.
         stereo: stage-3 module with ``generate(batch) -> (B, 2, N)`` from ``batch["mel_mono"]``.
         settings: frame streams, window length and joins.
-        flow_hparams: the stage-2 module's saved constructor config (needed by :meth:`save_bundle`).
+        negative_prompt: default negative prompt of :meth:`forward`.
     """
 
     def __init__(
@@ -134,16 +77,67 @@ class FoleyPipeline(nn.Module):
         flow: nn.Module,
         stereo: nn.Module,
         settings: PipelineSettings | None = None,
-        flow_hparams: Mapping[str, Any] | None = None,
+        negative_prompt: str | None = None,
     ) -> None:
         super().__init__()
         self.flow = flow.eval()
         self.stereo = stereo.eval()
         self.settings = settings or PipelineSettings()
-        # The stage-2 module's constructor config as saved by `foley fit` (plain data); needed to bundle it.
-        self.flow_hparams = dict(flow_hparams) if flow_hparams is not None else None
+        self.negative_prompt = negative_prompt or None
 
     # ------------------------------------------------------------- building
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | os.PathLike[str],
+        device: str | torch.device = "cpu",
+        revision: str | None = None,
+        **settings: Any,
+    ) -> FoleyPipeline:
+        """Load a model folder written by ``foley export`` / :meth:`save_pretrained`, or a Hub repo of one.
+
+        Only JSON and safetensors files are read (nothing is unpickled). Frozen encoders stored
+        as references are built by their own constructors (open_clip / transformers names or
+        local paths).
+
+        Args:
+            model: a model folder, or a Hugging Face Hub repo id (``owner/name``) holding one. An
+                old one-file bundle (``save_bundle``) is read too, with a warning to convert it.
+            device: where to run.
+            revision: Hub branch, tag or commit (Hub ids only).
+            **settings: :class:`PipelineSettings` overrides (e.g. ``window_seconds``, ``continuity``).
+
+        Raises:
+            foley.model_folder.ModelFolderError: a file is missing or does not fit (the message
+                names it), the format version is unknown, or a Hub id cannot be fetched.
+        """
+        from foley.hub import resolve_model
+        from foley.model_folder import load_legacy_bundle, load_model_folder
+
+        path = resolve_model(model, revision=revision)
+        if path.is_file():
+            return load_legacy_bundle(path, device=device, **settings)
+        return load_model_folder(path, device=device, **settings)
+
+    def save_pretrained(
+        self, path: str | os.PathLike[str], overwrite: bool = False, store_encoders: bool = False
+    ) -> Path:
+        """Write this pipeline as a model folder (see :mod:`foley.model_folder`), atomically.
+
+        Args:
+            path: the folder; it must not exist or be empty unless ``overwrite``.
+            overwrite: replace an existing non-empty folder.
+            store_encoders: also store copies (safetensors) of frozen encoders whose weights come
+                from their own files; otherwise those are kept as references. Encoders with
+                weights of their own (random tiny ones) are always stored.
+
+        Returns:
+            The folder.
+        """
+        from foley.model_folder import save_model_folder
+
+        return save_model_folder(self, path, overwrite=overwrite, store_encoders=store_encoders)
+
     @classmethod
     def from_checkpoints(
         cls,
@@ -154,6 +148,9 @@ class FoleyPipeline(nn.Module):
         **settings: Any,
     ) -> FoleyPipeline:
         """Load the stage-2 and stage-3 checkpoints written by ``foley fit``.
+
+        The checkpoints are read with ``torch.load(weights_only=True)``. ``foley export`` turns
+        them into a model folder, which loads without them (:meth:`from_pretrained`).
 
         Args:
             flow_checkpoint: stage-2 ``.ckpt``.
@@ -180,103 +177,72 @@ class FoleyPipeline(nn.Module):
                 )
             overrides["codec_checkpoint"] = os.fspath(codec_checkpoint)
         data_hparams = checkpoint.get("datamodule_hyper_parameters") or {}
-        flow_hparams = checkpoint.get("hyper_parameters")
         del checkpoint
         flow = FlowModule.load_from_checkpoint(flow_checkpoint, map_location="cpu", weights_only=True, **overrides)
         stereo = StereoModule.from_checkpoint(stereo_checkpoint, codec=flow.codec)
-        pipeline = cls(flow, stereo, PipelineSettings.from_datamodule_hparams(data_hparams, **settings), flow_hparams)
+        pipeline = cls(flow, stereo, PipelineSettings.from_datamodule_hparams(data_hparams, **settings))
         return pipeline.to(device)
-
-    def save_bundle(self, path: str | os.PathLike[str]) -> None:
-        """Write every stage (architecture + weights) and the settings into one torch file, atomically.
-
-        The stage-2 module must have been built by LightningCLI (so its hyper-parameters describe its
-        network); the codec is stored in full, so the bundle needs no other file.
-        """
-        hparams = self.flow_hparams or {}
-        if not isinstance(hparams.get("network"), Mapping):
-            raise ValueError(
-                "cannot bundle a stage-2 module built in Python: no saved config describes its network; "
-                "load the pipeline from `foley fit` checkpoints (FoleyPipeline.from_checkpoints) first"
-            )
-        codec = self.flow.codec
-        flow_state = {k: v.detach().cpu() for k, v in self.flow.state_dict().items() if not k.startswith("codec.")}
-        hparams = {k: v for k, v in hparams.items() if k not in ("codec", "codec_checkpoint")}
-        payload = {
-            "format": BUNDLE_FORMAT,
-            "version": 1,
-            "settings": asdict(self.settings),
-            "codec": {"config": json.dumps(codec.init_config()), "state_dict": {k: v.detach().cpu() for k, v in codec.state_dict().items()}},
-            "flow": {"hyper_parameters": json.dumps(hparams), "state_dict": flow_state},
-            "stereo": {
-                "config": json.dumps(self.stereo.network.init_config),
-                "video_stream": self.stereo.video_stream,
-                "render": self.stereo.render,
-                "state_dict": {k: v.detach().cpu() for k, v in self.stereo.network.state_dict().items()},
-            },
-        }
-        with atomic_path(path) as tmp:
-            torch.save(payload, tmp)
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu", **settings: Any) -> FoleyPipeline:
-        """Load a file written by :meth:`save_bundle` (weights-only unpickling)."""
-        import lightning
+        """Load an old one-file bundle (weights-only unpickling); convert it once with
+        ``foley export --bundle PATH --out MODEL_DIR`` and use :meth:`from_pretrained`."""
+        from foley.model_folder import load_legacy_bundle
 
-        from foley.models.codec import Codec
-        from foley.stages.flow_module import FlowModule
-        from foley.stages.stereo_module import StereoModule
+        return load_legacy_bundle(path, device=device, **settings)
 
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"pipeline bundle {path!r} does not exist")
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(payload, Mapping) or payload.get("format") != BUNDLE_FORMAT:
-            raise ValueError(f"{path!r} is not a foley pipeline bundle (write one with FoleyPipeline.save_bundle)")
-        codec = Codec.from_config(json.loads(payload["codec"]["config"]))
-        codec.load_state_dict(payload["codec"]["state_dict"])
-        with tempfile.TemporaryDirectory(prefix="foley-bundle-") as folder:
-            # FlowModule rebuilds itself from Lightning-style checkpoints; give it one, pointing at the codec.
-            codec_file = os.path.join(folder, "codec.pt")
-            codec.save(codec_file)
-            hparams = json.loads(payload["flow"]["hyper_parameters"])
-            hparams["codec_checkpoint"] = codec_file
-            flow_file = os.path.join(folder, "flow.ckpt")
-            torch.save(
-                {"state_dict": payload["flow"]["state_dict"], "hyper_parameters": hparams,
-                 "pytorch-lightning_version": lightning.__version__},
-                flow_file,
-            )
-            flow = FlowModule.load_from_checkpoint(flow_file, map_location="cpu", weights_only=True)
-        stereo = StereoModule.from_network_state(
-            json.loads(payload["stereo"]["config"]), payload["stereo"]["state_dict"], flow.codec,
-            payload["stereo"]["video_stream"], payload["stereo"].get("render", "vocoder"),
+    # ----------------------------------------------------- generation defaults
+    @property
+    def generation(self) -> GenerationDefaults:
+        """The defaults :meth:`forward` uses for arguments left at ``None``."""
+        return GenerationDefaults(
+            sampler=getattr(self.flow, "sampler", None),
+            steps=getattr(self.flow, "sample_steps", None),
+            cfg=getattr(self.flow, "cfg_strength", None),
+            negative_prompt=self.negative_prompt,
         )
-        merged = {**payload["settings"], **{k: v for k, v in settings.items() if v is not None}}
-        return cls(flow, stereo, PipelineSettings(**merged), json.loads(payload["flow"]["hyper_parameters"])).to(device)
+
+    def set_generation_params(
+        self,
+        sampler: Sampler | None = None,
+        steps: int | None = None,
+        cfg: float | None = None,
+        negative_prompt: str | None = None,
+    ) -> None:
+        """Change the stored generation defaults (``None`` keeps a value; ``negative_prompt=""`` clears it).
+
+        They are written by :meth:`save_pretrained`.
+        """
+        if sampler is not None:
+            if sampler not in ("euler", "midpoint", "heun"):
+                raise ValueError(f"sampler must be 'euler', 'midpoint' or 'heun', got {sampler!r}")
+            self.flow.sampler = sampler
+        if steps is not None:
+            if int(steps) < 1:
+                raise ValueError(f"steps must be ≥ 1, got {steps}")
+            self.flow.sample_steps = int(steps)
+        if cfg is not None:
+            self.flow.cfg_strength = float(cfg)
+        if negative_prompt is not None:
+            self.negative_prompt = negative_prompt or None
 
     # ----------------------------------------------------------- inference
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device if any(True for _ in self.parameters()) else torch.device("cpu")
 
-    def _stream(self, video: VideoFile, start: float, seconds: float, fps: float, size: int, crop: str) -> Tensor:
-        count = stream_length(seconds, fps)
-        times = start + np.arange(count, dtype=np.float64) / fps
-        frames = read_frames_at(video, times, size=size, crop=crop)  # (T, H, W, 3) uint8
-        return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+    @staticmethod
+    def _stream(video: VideoFile | DecodedFrames, start: float, seconds: float, fps: float, size: int, crop: str) -> Tensor:
+        """uint8 ``(T, 3, size, size)``: the frames on screen at ``start + i / fps`` (docs/architecture.md §2)."""
+        times = start + np.arange(stream_length(seconds, fps), dtype=np.float64) / fps
+        return resize_frames(video.frames_at(times), size, crop)  # type: ignore[arg-type]
 
-    def _window_batch(self, video: VideoFile, starts: list[float], length: int, prompt: str | None, name: str) -> dict[str, Any]:
+    def _window_batch(self, video: VideoFile | DecodedFrames | None, starts: list[float], length: int,
+                      prompt: str | None, name: str) -> dict[str, Any]:
         s = self.settings
         seconds = length / s.sample_rate
-        clip = [self._stream(video, t, seconds, s.clip_fps, s.clip_size, s.clip_crop) for t in starts]
-        sync = [self._stream(video, t, seconds, s.sync_fps, s.sync_size, "center") for t in starts]
         b = len(starts)
-        return {
-            "clip_frames": torch.stack(clip),
-            "clip_mask": torch.ones(b, clip[0].shape[0], dtype=torch.bool),
-            "sync_frames": torch.stack(sync),
-            "sync_mask": torch.ones(b, sync[0].shape[0], dtype=torch.bool),
+        batch: dict[str, Any] = {
             "audio_mask": torch.ones(b, length, dtype=torch.bool),
             "caption": [prompt or ""] * b,
             # Each window is presented as a clip of its own, like the training crops.
@@ -285,6 +251,19 @@ class FoleyPipeline(nn.Module):
             "key": [f"{name}@{t:.3f}" for t in starts],
             "meta": [{} for _ in starts],
         }
+        if video is None:
+            # Text only: without frame streams the generator uses its learned "no video"
+            # placeholders (trained by modality dropout) and stage 3 its "no video" column.
+            return batch
+        clip = [self._stream(video, t, seconds, s.clip_fps, s.clip_size, s.clip_crop) for t in starts]
+        sync = [self._stream(video, t, seconds, s.sync_fps, s.sync_size, "center") for t in starts]
+        batch.update({
+            "clip_frames": torch.stack(clip),
+            "clip_mask": torch.ones(b, clip[0].shape[0], dtype=torch.bool),
+            "sync_frames": torch.stack(sync),
+            "sync_mask": torch.ones(b, sync[0].shape[0], dtype=torch.bool),
+        })
+        return batch
 
     def _groups(self, windows: list[Window]) -> list[list[Window]]:
         """Windows per generator call: one at a time when inpainting (each needs its predecessor),
@@ -299,39 +278,21 @@ class FoleyPipeline(nn.Module):
                 groups.append([w])
         return groups
 
-    @torch.no_grad()
-    def forward(
-        self,
-        video: str | os.PathLike[str],
-        prompt: str | None = None,
-        negative_prompt: str | None = None,
-        start: float = 0.0,
-        duration: float | None = None,
-        steps: int = 25,
-        cfg: float = 4.5,
-        seed: int = 0,
-    ) -> Tensor:
-        """Generate stereo audio for ``[start, start + duration)`` of ``video``.
-
-        Args:
-            video: path of the video (any container, frame rate and size; its audio is ignored).
-            prompt: optional text describing the sound.
-            negative_prompt: optional text of what to avoid (replaces the unconditional branch).
-            start: segment start in seconds from the first frame.
-            duration: segment length in seconds; default: to the end of the video.
-            steps: sampler steps.
-            cfg: classifier-free guidance strength (1 = off).
-            seed: noise seed (of the whole segment's noise; see ``PipelineSettings.continuity``).
-
-        Returns:
-            float32 ``(2, round(duration · sample_rate))`` on the CPU, in [-1, 1].
-
-        Raises:
-            VideoError: the video cannot be read, or the segment lies outside it.
-        """
-        name = os.fspath(video)
-        handle = VideoFile(name, name=name)
-        length = handle.duration
+    @staticmethod
+    def _open(video: str | os.PathLike[str] | np.ndarray | Tensor | None, fps: float | None,
+              start: float, duration: float | None) -> tuple[VideoFile | DecodedFrames | None, str, float]:
+        """The frame source, its name and the segment duration (checked against the video)."""
+        if video is None:
+            if duration is None or duration <= 0 or start != 0.0:
+                raise ValueError("text-only generation (video=None) needs duration > 0 seconds and start=0")
+            return None, "text", float(duration)
+        if isinstance(video, (np.ndarray, Tensor)):
+            handle: VideoFile | DecodedFrames = DecodedFrames(video, fps)  # type: ignore[arg-type]
+        else:
+            if fps is not None:
+                raise ValueError("fps is for decoded frames; a video file's timestamps give its frame times")
+            handle = VideoFile(os.fspath(video), name=os.fspath(video))
+        name, length = handle.name, handle.duration
         if not 0.0 <= start < length:
             raise VideoError(f"{name}: start {start:.3f} s is outside the video (0 to {length:.3f} s)")
         if duration is None:
@@ -341,6 +302,49 @@ class FoleyPipeline(nn.Module):
                 f"{name}: segment {start:.3f}+{duration:.3f} s does not fit the video ({length:.3f} s); "
                 "shorten --duration or move --start"
             )
+        return handle, name, float(duration)
+
+    @torch.no_grad()
+    def forward(
+        self,
+        video: str | os.PathLike[str] | np.ndarray | Tensor | None,
+        prompt: str | None = None,
+        negative_prompt: str | None = None,
+        start: float = 0.0,
+        duration: float | None = None,
+        steps: int | None = None,
+        cfg: float | None = None,
+        seed: int = 0,
+        sampler: Sampler | None = None,
+        fps: float | None = None,
+    ) -> Tensor:
+        """Generate stereo audio for ``[start, start + duration)`` of ``video``.
+
+        Arguments left at ``None`` take the model's stored defaults (:attr:`generation`).
+
+        Args:
+            video: path of a video (any container, frame rate and size; its audio is ignored),
+                decoded uint8 frames ``(T, H, W, 3)`` with their ``fps``, or ``None`` for text-only
+                generation (needs ``duration``; for generators trained with modality dropout).
+            prompt: optional text describing the sound.
+            negative_prompt: text of what to avoid (replaces the unconditional branch); ``""``
+                switches off a stored default.
+            start: segment start in seconds from the first frame.
+            duration: segment length in seconds; default: to the end of the video.
+            steps: sampler steps.
+            cfg: classifier-free guidance strength (1 = off).
+            seed: noise seed (of the whole segment's noise; see ``PipelineSettings.continuity``).
+            sampler: ODE method (``"euler"``, ``"midpoint"`` or ``"heun"``).
+            fps: frame rate of decoded ``video`` frames.
+
+        Returns:
+            float32 ``(2, round(duration · sample_rate))`` on the CPU, in [-1, 1].
+
+        Raises:
+            VideoError: the video cannot be read, or the segment lies outside it.
+            ValueError: decoded frames without ``fps``, or text-only generation without ``duration``.
+        """
+        handle, name, duration = self._open(video, fps, start, duration)
         s = self.settings
         total = round(duration * s.sample_rate)
         window = round(s.window_seconds * s.sample_rate)
@@ -349,7 +353,10 @@ class FoleyPipeline(nn.Module):
         logger.info("%s: %.2f s in %d window(s) of %.2f s (%s)", name, duration, len(windows),
                     windows[0].length / s.sample_rate, s.continuity)
         noise = None if s.continuity == "independent" else segment_noise(windows, grid, int(self.flow.latent_channels), seed)
-        sampling = {"steps": steps, "cfg": cfg, "seed": seed, "negative_prompt": negative_prompt}
+        negative_prompt = self.negative_prompt if negative_prompt is None else (negative_prompt or None)
+        # Only choices the caller made are passed on: the generator owns its defaults.
+        sampling: dict[str, Any] = {"seed": seed, "negative_prompt": negative_prompt}
+        sampling.update({k: v for k, v in (("steps", steps), ("cfg", cfg), ("method", sampler)) if v is not None})
         chunks: list[Tensor] = []
         previous: tuple[Window, Tensor] | None = None
         for group in self._groups(windows):

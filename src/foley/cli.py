@@ -19,6 +19,8 @@ from typing import Any
 from jsonargparse import ArgumentParser, ActionConfigFile
 from lightning.pytorch.cli import LightningCLI
 
+from foley.quiet import silence_expected_warnings
+
 logger = logging.getLogger(__name__)
 
 LIGHTNING_COMMANDS: dict[str, str] = {
@@ -83,7 +85,7 @@ def run_tool(name: str, argv: Sequence[str]) -> Any:
         parser.add_argument("inputs", nargs=nargs, help="Video files or folders (or manifests).")
     cfg = parser.parse_args(_normalise_tool_argv(function, argv))
     cfg.pop("config", None)
-    kwargs = parser.instantiate_classes(cfg).as_dict()
+    kwargs = parser.instantiate(cfg).as_dict()
     kwargs.pop("config", None)
     return function(**kwargs)
 
@@ -126,6 +128,7 @@ def main(args: Sequence[str] | None = None) -> Any:
     Args:
         args: command line without the program name; ``None`` reads ``sys.argv``.
     """
+    silence_expected_warnings()
     argv = list(sys.argv[1:] if args is None else args)
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(overview() + "\n")

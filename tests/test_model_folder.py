@@ -289,6 +289,25 @@ def test_stored_encoder_copies(tmp_path: Path, video: Path) -> None:
     assert torch.equal(FoleyPipeline.from_pretrained(copied)(video, prompt="a drum", seed=1, duration=0.6), audio)
 
 
+def test_stored_copy_of_a_t5_from_a_folder(tmp_path: Path, video: Path) -> None:
+    """A T5 read from a transformers folder: the copy stores its weights, the tokenizer stays a reference."""
+    from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
+
+    from foley.encoders import TextEncoder
+
+    source = tmp_path / "t5"
+    T5EncoderModel(T5Config(**T5_CONFIG)).save_pretrained(source)
+    ByT5Tokenizer().save_pretrained(source)
+    pipeline = _pipeline()
+    pipeline.flow.text_encoder = TextEncoder(model_name=str(source), max_length=16)
+    audio = pipeline(video, prompt="a drum", seed=1, duration=0.6)
+    copied = pipeline.save_pretrained(tmp_path / "copied", store_encoders=True)
+    config = json.loads((copied / "encoders/text_encoder.json").read_text())["init_args"]
+    assert config["tokenizer_name"] == str(source) and config["model_config"]["d_model"] == 32
+    (source / "model.safetensors").unlink()  # the weights now come from the model folder only
+    assert torch.equal(FoleyPipeline.from_pretrained(copied)(video, prompt="a drum", seed=1, duration=0.6), audio)
+
+
 def _fit_checkpoints(pipeline: FoleyPipeline, root: Path) -> tuple[Path, Path]:
     """Stage-2 and stage-3 checkpoints in the layout `foley fit` writes (LightningCLI: class_path
     hyper-parameters and its instantiator; the codec as a separate stage-1 file)."""

@@ -21,6 +21,11 @@ One object holds the three trained stages: the stage-2 :class:`~foley.stages.flo
 Without inpainting, windows are batched (``window_batch`` per forward pass); with it they
 are generated one after another. A long video costs about ``duration / (window − overlap)``
 window generations either way.
+
+Pipelines are stored as model folders (:mod:`foley.model_folder`: :meth:`FoleyPipeline.save_pretrained`,
+``foley export``) and loaded with :meth:`FoleyPipeline.from_pretrained`, from a folder or a
+Hugging Face Hub id. Sampling arguments left at ``None`` take the defaults stored with the
+model (:attr:`FoleyPipeline.generation`).
 """
 
 from __future__ import annotations

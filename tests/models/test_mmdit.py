@@ -9,8 +9,19 @@ from foley.models.mmdit import MMDiT, resample_to_times
 
 LATENT, CLIP, SYNC, TEXT = 8, 16, 12, 10
 
+# Checks of identities that are exact in real arithmetic (padding is never read, a dropped
+# modality equals its placeholder, cached = plain, batched guidance = the formula) run in
+# float64. Differently shaped batches change GEMM blocking and softmax reduction order, so
+# in float32 the two sides differ by ~eps32 * sqrt(n) * gain * |out|: measured up to 1.2e-5 at
+# outputs up to 12.5, i.e. at a 1e-5 bound on some CPUs and thread counts. In float64 the same
+# estimate, taken pessimistically with n (not sqrt(n)) = 256 (the MLP's reduction), |out| <= 13
+# and a gain of 10 (measured: ~8 in float32 units), is 2.2e-16 * 256 * 13 * 10 = 7.4e-12;
+# EXACT allows 1e-10, and anything that reads the 1e4 padding or the wrong placeholder moves
+# the output by > 1e-2.
+EXACT = dict(rtol=0.0, atol=1e-10)
 
-def tiny_model(seed: int = 0) -> MMDiT:
+
+def tiny_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> MMDiT:
     torch.manual_seed(seed)
     model = MMDiT(latent_dim=LATENT, hidden_dim=64, num_heads=2, joint_depth=1, audio_depth=1,
                   clip_dim=CLIP, sync_dim=SYNC, text_dim=TEXT)
@@ -19,12 +30,13 @@ def tiny_model(seed: int = 0) -> MMDiT:
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.normal_(0.0, 0.15)
-    return model.eval()
+    return model.to(dtype).eval()
 
 
-def make_inputs(batch: int, audio_len: int, clip_len: int, sync_len: int, text_len: int, seed: int = 1):
+def make_inputs(batch: int, audio_len: int, clip_len: int, sync_len: int, text_len: int, seed: int = 1,
+                dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return dict(
+    inputs = dict(
         x=torch.randn(batch, audio_len, LATENT, generator=g),
         t=torch.rand(batch, generator=g),
         seconds_start=torch.rand(batch, generator=g) * 3,
@@ -33,6 +45,7 @@ def make_inputs(batch: int, audio_len: int, clip_len: int, sync_len: int, text_l
         sync=torch.randn(batch, sync_len, SYNC, generator=g),
         text=torch.randn(batch, text_len, TEXT, generator=g),
     )
+    return {k: v.to(dtype) for k, v in inputs.items()}
 
 
 def pad(tensor: torch.Tensor, length: int, value: float = 0.0) -> torch.Tensor:
@@ -48,9 +61,9 @@ def call(model: MMDiT, inputs: dict, **overrides) -> torch.Tensor:
 
 @torch.no_grad()
 def test_padding_tokens_do_not_change_real_outputs():
-    model = tiny_model()
-    short = make_inputs(1, audio_len=20, clip_len=3, sync_len=11, text_len=4, seed=1)
-    long = make_inputs(1, audio_len=31, clip_len=5, sync_len=17, text_len=7, seed=2)
+    model = tiny_model(dtype=torch.float64)
+    short = make_inputs(1, audio_len=20, clip_len=3, sync_len=11, text_len=4, seed=1, dtype=torch.float64)
+    long = make_inputs(1, audio_len=31, clip_len=5, sync_len=17, text_len=7, seed=2, dtype=torch.float64)
     alone = call(model, short)
     lengths = {"x": 31, "clip": 5, "sync": 17, "text": 7}
     batch = {k: torch.cat([short[k], long[k]]) for k in ("t", "seconds_start", "seconds_total")}
@@ -64,37 +77,37 @@ def test_padding_tokens_do_not_change_real_outputs():
         masks["audio_mask" if key == "x" else f"{key}_mask"] = real
     batched = call(model, batch, **masks)
     assert alone.abs().mean() > 0.1  # a non-trivial map
-    torch.testing.assert_close(batched[0, :20], alone[0], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(batched[1], call(model, long)[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(batched[0, :20], alone[0], **EXACT)
+    torch.testing.assert_close(batched[1], call(model, long)[0], **EXACT)
 
 
 @torch.no_grad()
 @pytest.mark.parametrize("modality", ["clip", "sync", "text"])
 def test_absent_modality_uses_the_placeholder_and_equals_dropping_it(modality):
-    model = tiny_model()
-    inputs = make_inputs(2, audio_len=15, clip_len=3, sync_len=9, text_len=5)
+    model = tiny_model(dtype=torch.float64)
+    inputs = make_inputs(2, audio_len=15, clip_len=3, sync_len=9, text_len=5, dtype=torch.float64)
     full = call(model, inputs)
     absent = call(model, inputs, **{modality: None})
     dropped = call(model, inputs, **{f"drop_{modality}": torch.tensor([True, False])})
     assert (absent - full).abs().max() > 1e-2  # the condition matters
-    torch.testing.assert_close(dropped[0], absent[0], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(dropped[1], full[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dropped[0], absent[0], **EXACT)
+    torch.testing.assert_close(dropped[1], full[1], **EXACT)
     placeholder = getattr(model, f"{modality}_placeholder")
     placeholder.add_(1.0)
     assert (call(model, inputs, **{modality: None}) - absent).abs().max() > 1e-2
-    torch.testing.assert_close(call(model, inputs), full)  # present modality ignores it
+    torch.testing.assert_close(call(model, inputs), full, **EXACT)  # present modality ignores it
 
 
 @torch.no_grad()
 @pytest.mark.parametrize("modality", ["clip", "sync", "text"])
 def test_a_sample_with_an_empty_mask_counts_as_missing(modality):
-    model = tiny_model()
-    inputs = make_inputs(2, audio_len=15, clip_len=3, sync_len=9, text_len=5)
+    model = tiny_model(dtype=torch.float64)
+    inputs = make_inputs(2, audio_len=15, clip_len=3, sync_len=9, text_len=5, dtype=torch.float64)
     empty = torch.ones(2, inputs[modality].shape[1], dtype=torch.bool)
     empty[1] = False
     out = call(model, inputs, **{f"{modality}_mask": empty})
     dropped = call(model, inputs, **{f"drop_{modality}": torch.tensor([False, True])})
-    torch.testing.assert_close(out, dropped, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, dropped, **EXACT)
 
 
 def test_every_parameter_gets_a_gradient_when_all_modalities_are_present():
@@ -110,36 +123,37 @@ def test_every_parameter_gets_a_gradient_when_all_modalities_are_present():
 
 @torch.no_grad()
 def test_cached_conditions_and_batched_guidance_match_plain_calls():
-    model = tiny_model()
-    inputs = make_inputs(2, audio_len=12, clip_len=3, sync_len=7, text_len=4)
+    model = tiny_model(dtype=torch.float64)
+    inputs = make_inputs(2, audio_len=12, clip_len=3, sync_len=7, text_len=4, dtype=torch.float64)
     conds = {k: inputs[k] for k in ("seconds_start", "seconds_total", "clip", "sync", "text")}
     cache = model.prepare_conditions(12, **conds)
-    torch.testing.assert_close(model.forward_cached(inputs["x"], inputs["t"], cache), call(model, inputs))
+    torch.testing.assert_close(model.forward_cached(inputs["x"], inputs["t"], cache), call(model, inputs), **EXACT)
     everything_dropped = {f"drop_{m}": torch.ones(2, dtype=torch.bool) for m in ("clip", "sync", "text")}
     uncond = model.prepare_conditions(12, **conds, **everything_dropped)
     guided = model.guided_velocity_fn(cache, uncond, cfg_strength=4.5)(inputs["x"], inputs["t"])
     v_cond = call(model, inputs)
     v_uncond = call(model, inputs, **everything_dropped)
-    torch.testing.assert_close(guided, 4.5 * v_cond - 3.5 * v_uncond, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(guided, 4.5 * v_cond - 3.5 * v_uncond, **EXACT)
     # Sampling with the batched guided field equals the two-function sampler.
-    noise = torch.randn(2, 12, LATENT, generator=torch.Generator().manual_seed(4))
+    noise = torch.randn(2, 12, LATENT, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     fm = FlowMatching()
     fused = fm.sample(model.guided_velocity_fn(cache, uncond, 2.0), noise, steps=3)
     separate = fm.sample(model.velocity_fn(cache), noise, steps=3, cfg_strength=2.0,
                          uncond_velocity_fn=model.velocity_fn(uncond))
-    torch.testing.assert_close(fused, separate, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fused, separate, **EXACT)
 
 
 @torch.no_grad()
 def test_batched_guidance_pads_streams_of_different_lengths():
-    model = tiny_model()
-    inputs = make_inputs(2, audio_len=12, clip_len=3, sync_len=7, text_len=4)
+    model = tiny_model(dtype=torch.float64)
+    inputs = make_inputs(2, audio_len=12, clip_len=3, sync_len=7, text_len=4, dtype=torch.float64)
     conds = {k: inputs[k] for k in ("seconds_start", "seconds_total", "clip", "sync", "text")}
-    negative = {**conds, "clip": None, "sync": None, "text": torch.randn(2, 9, TEXT)}  # a longer negative prompt
+    longer = torch.randn(2, 9, TEXT, dtype=torch.float64)
+    negative = {**conds, "clip": None, "sync": None, "text": longer}  # a longer negative prompt
     guided = model.guided_velocity_fn(model.prepare_conditions(12, **conds),
                                       model.prepare_conditions(12, **negative), cfg_strength=3.0)
     expected = 3.0 * call(model, inputs) - 2.0 * call(model, {**inputs, **negative})
-    torch.testing.assert_close(guided(inputs["x"], inputs["t"]), expected, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(guided(inputs["x"], inputs["t"]), expected, **EXACT)
 
 
 def test_sync_resampling_interpolates_in_time_and_never_reads_padding():

@@ -69,8 +69,13 @@ def _resolve(target: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module_name), attr)
 
 
-def run_tool(name: str, argv: Sequence[str]) -> Any:
-    """Parse ``argv`` against the signature of tool ``name`` and call it."""
+def parse_tool_args(name: str, argv: Sequence[str]) -> tuple[Callable[..., Any], dict[str, Any]]:
+    """Parse ``argv`` against the signature of tool ``name`` without running it.
+
+    Returns:
+        The tool's function and its keyword arguments. Exits with status 2 and a usage
+        message on an unknown option or a bad value, as ``foley NAME`` would.
+    """
     target, help_text = TOOL_COMMANDS[name]
     function = _resolve(target)
     parser = ArgumentParser(prog=f"foley {name}", description=help_text, parser_mode="omegaconf")
@@ -87,6 +92,12 @@ def run_tool(name: str, argv: Sequence[str]) -> Any:
     cfg.pop("config", None)
     kwargs = parser.instantiate(cfg).as_dict()
     kwargs.pop("config", None)
+    return function, kwargs
+
+
+def run_tool(name: str, argv: Sequence[str]) -> Any:
+    """Parse ``argv`` against the signature of tool ``name`` and call it."""
+    function, kwargs = parse_tool_args(name, argv)
     return function(**kwargs)
 
 

@@ -13,6 +13,8 @@ show), with the tiny configs in ``configs/tiny/``:
 4. Scores both against the ground-truth events with the exact synthetic-world evaluator
    (onset F1 ±50 ms, sync offset, stereo pan correlation), draws one PNG per clip and
    writes ``report.md`` / ``report.json``.
+5. ``foley export``: the trained stages as one model folder, ``demo_out/model/``
+   (``FoleyPipeline.from_pretrained("demo_out/model")``, ``foley generate --model``).
 
 Run ``python -m foley.demo --help`` for the knobs; ``--quick`` is a seconds-long version
 used by the test suite.
@@ -304,6 +306,8 @@ def _markdown(report: dict) -> str:
             lines.append(f"| {row['start']:.0f}–{row['stop']:.0f} | {row['references']} | {row['matched']} | "
                          f"{row['false_positives']} | {fmt(1000 * row['mean_offset'])} |")
     lines += ["", "Checkpoints:", ""] + [f"- {k}: `{v}`" for k, v in report["checkpoints"].items()]
+    if "model" in report:
+        lines += ["", f"Model folder (`foley export`): `{report['model']}`; `foley generate VIDEOS --model {report['model']}`."]
     return "\n".join(lines) + "\n"
 
 
@@ -356,10 +360,21 @@ def run(settings: DemoSettings) -> dict:
         "checkpoints": {"codec": str(codec), "flow": str(flow), "stereo": str(stereo)},
     }
     _plot(out / "generated", metas, out / "plots")
+    # Last: the trained stages as one model folder, with the demo's sampling as stored defaults.
+    model = out / "model"
+    _foley("export", "--flow_ckpt", str(flow), "--stereo_ckpt", str(stereo), "--codec_ckpt", str(codec),
+           "--out", str(model), "--overwrite", "true", "--steps", str(settings.steps), "--cfg", str(settings.cfg), log=log)
+    report["model"] = str(model)
     report["wall_seconds"] = time.perf_counter() - start
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", _markdown(report))
     sys.stdout.write("\n" + _markdown(report))
+    logger.info(
+        "the demo model is in %s. Use it with\n  foley generate VIDEOS --model %s --out OUT\nor in Python:\n"
+        "  from foley import FoleyPipeline\n  pipe = FoleyPipeline.from_pretrained(%r)\n"
+        "  audio = pipe(\"clip.mp4\", prompt=\"a ball bounces\")  # (2, N) float32 at 44.1 kHz",
+        model, model, str(model),
+    )
     return report
 
 

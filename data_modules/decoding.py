@@ -9,20 +9,26 @@ screen at ``s + i/f``.
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import json
 import logging
 import random
+import tarfile
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from foley.io.media import read_audio, resample
-from foley.io.video import CropMode, VideoFile, resize_frames, stream_length, stream_times
+from foley.io.media import MediaError, read_audio, resample
+from foley.io.video import CropMode, VideoError, VideoFile, resize_frames, stream_length, stream_times
 
-__all__ = ["SampleError", "StreamSpec", "CropPolicy", "decode_sample", "shift_events", "AUDIO_MEMBERS", "VIDEO_MEMBERS"]
+__all__ = [
+    "SampleError", "StreamSpec", "CropPolicy", "decode_sample", "shift_events", "is_data_error", "AUDIO_MEMBERS",
+    "VIDEO_MEMBERS",
+]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +39,34 @@ TENSOR_SUFFIX = ".pth"
 
 class SampleError(ValueError):
     """A sample in a shard cannot be turned into an example (the message says why)."""
+
+
+@functools.cache
+def _data_error_types() -> tuple[type[BaseException], ...]:
+    """Exception types that mean "these bytes are bad", as opposed to a bug in foley."""
+    types: list[type[BaseException]] = [
+        SampleError, MediaError, VideoError, OSError, EOFError, tarfile.TarError, json.JSONDecodeError,
+        UnicodeDecodeError, zlib.error,
+    ]
+    # The decoders' own error bases (imported lazily: each is optional for some installs).
+    for module, name in (("av.error", "FFmpegError"), ("decord._ffi.base", "DECORDError"), ("soundfile", "SoundFileError")):
+        try:
+            types.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(types)
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from undecodable data (skip the sample) rather than from a bug (raise it).
+
+    Data errors are :class:`SampleError`, foley's media/video errors, decoder errors
+    (PyAV, decord, soundfile), I/O errors (``OSError``, ``EOFError``) and tar/json/zlib
+    format errors. Everything else (``TypeError``, ``AttributeError``, ``KeyError``,
+    ``IndexError``, a plain ``ValueError`` ...) is a programming error and must not be
+    hidden as a skipped sample.
+    """
+    return isinstance(exc, _data_error_types())
 
 
 @dataclass(frozen=True)
@@ -185,6 +219,8 @@ def decode_sample(
     try:
         wave, source_rate = read_audio(sample[audio_member])
     except Exception as exc:
+        if not is_data_error(exc):
+            raise
         raise SampleError(f"{where}: cannot decode {audio_member} ({exc})") from exc
     if wave.shape[1] == 0:
         raise SampleError(f"{where}: {audio_member} holds no samples")
@@ -203,6 +239,8 @@ def decode_sample(
         try:
             video = VideoFile(sample[video_member], name=f"{where}.{video_member}", num_threads=decode_threads)
         except Exception as exc:
+            if not is_data_error(exc):
+                raise
             raise SampleError(str(exc)) from exc
         # Audio and frames must cover the same span, so the shorter track bounds the clip.
         total_seconds = min(total_seconds, video.duration)
@@ -214,13 +252,18 @@ def decode_sample(
     count = min(round(duration * sample_rate), wave.shape[1] - first)
     audio = torch.from_numpy(np.ascontiguousarray(_to_stereo(wave, where)[:, first : first + count], dtype=np.float32))
 
+    try:
+        shifted = shift_events(meta, start, duration)
+    except (TypeError, ValueError, KeyError) as exc:
+        # Malformed event fields in the shard's json are bad data, not a bug.
+        raise SampleError(f"{where}: malformed events in json metadata ({type(exc).__name__}: {exc})") from exc
     example: dict[str, Any] = {
         "audio": audio,
         "caption": str(meta.get("caption", "") or ""),
         "seconds_start": float(start),
         "seconds_total": float(duration),
         "key": key,
-        "meta": shift_events(meta, start, duration),
+        "meta": shifted,
     }
 
     if video is not None:
@@ -232,6 +275,8 @@ def decode_sample(
         try:
             decoded = video.frames(unique)
         except Exception as exc:
+            if not is_data_error(exc):
+                raise
             raise SampleError(str(exc)) from exc
         positions = np.split(inverse.reshape(-1), np.cumsum([len(w) for w in wanted])[:-1])
         for geometry in {(spec.size, spec.crop) for _, spec in streams}:

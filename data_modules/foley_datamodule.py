@@ -1,333 +1,33 @@
 """The one LightningDataModule every foley stage trains on.
 
-Reads webdataset shards (docs/architecture.md §1) and yields the batch dict of §2.
-Shards are split across DDP ranks and DataLoader workers; with fewer shards than
-readers (ranks x workers) every reader scans all shards and keeps every n-th sample,
-so no reader is starved and every sample is seen exactly once per epoch.
+Reads webdataset shards (docs/architecture.md §1) through :class:`ShardStream` and yields the
+batch dict of §2 (:func:`collate_examples`). The training loader is a torchdata
+``StatefulDataLoader``: Lightning saves its state in every checkpoint and a resumed run
+continues the epoch with exactly the batches the uninterrupted run would have seen, for
+any number of workers and per DDP rank.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import random
-from collections.abc import Iterator, Sequence
-from itertools import islice
 from typing import Any, Literal
-from urllib.parse import urlparse
 
-import numpy as np
-import torch
-import webdataset as wds
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, IterableDataset
-from webdataset.gopen import gopen, gopen_schemes
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from foley.data_modules.decoding import CropPolicy, SampleError, StreamSpec, decode_sample
-from foley.io.shards import list_shards
+from foley.data_modules.collate import collate_examples, describe_batch
+from foley.data_modules.decoding import CropPolicy, StreamSpec
+from foley.data_modules.shard_loader import EmptyDatasetError, ShardLoader
+from foley.data_modules.shard_stream import ShardStream, SkipCounter, SkipLimitExceeded, resolve_shards
 
-__all__ = ["FoleyDataModule", "ShardStream", "SkipCounter", "EmptyDatasetError", "collate_examples", "describe_batch", "resolve_shards"]
+__all__ = [
+    "FoleyDataModule", "ShardLoader", "ShardStream", "SkipCounter", "SkipLimitExceeded", "EmptyDatasetError",
+    "collate_examples", "describe_batch", "resolve_shards",
+]
 
 log = logging.getLogger(__name__)
 
 ShardSpec = str | list[str] | None
 Split = Literal["train", "val", "test", "predict"]
-
-
-class EmptyDatasetError(RuntimeError):
-    """A dataloader produced no batch at all."""
-
-
-def resolve_shards(spec: str | Sequence[str]) -> list[str]:
-    """Expand a shard specification into shard paths/URLs.
-
-    Accepts a local folder, a glob, a brace pattern, an fsspec URL (``s3://b/shard-{0..9}.tar``),
-    a ``pipe:`` command, ``::``-joined combinations of these, or a list.
-
-    Raises:
-        FileNotFoundError: A local specification matches nothing.
-    """
-    if not isinstance(spec, str):
-        return [url for item in spec for url in resolve_shards(item)]
-    urls: list[str] = []
-    for part in spec.split("::"):
-        if part.startswith("pipe:"):
-            urls.extend(wds.shardlists.expand_urls(part))
-        else:
-            urls.extend(list_shards(part))
-    return urls
-
-
-def _open_url(url: str) -> Any:
-    """Open a shard for reading: local paths, ``pipe:`` and webdataset schemes, else fsspec."""
-    scheme = urlparse(url).scheme
-    if url.startswith("pipe:") or scheme in ("", "file") or scheme in gopen_schemes or len(scheme) == 1:
-        return gopen(url, "rb")
-    import fsspec
-
-    try:
-        return fsspec.open(url, "rb").open()
-    except ImportError as exc:
-        raise ImportError(f"{url}: reading {scheme}:// shards needs the fsspec backend for {scheme} ({exc})") from exc
-
-
-class SkipCounter:
-    """Count of samples skipped as undecodable, shared with DataLoader worker processes."""
-
-    def __init__(self) -> None:
-        self._value = multiprocessing.Value("q", 0)
-
-    def add(self, count: int = 1) -> None:
-        """Add ``count`` skipped samples."""
-        with self._value.get_lock():
-            self._value.value += count
-
-    @property
-    def value(self) -> int:
-        """Skipped samples so far (all workers)."""
-        return int(self._value.value)
-
-
-class ShardStream(IterableDataset):
-    """Stream of decoded examples from webdataset shards.
-
-    Args:
-        urls: Shard paths or URLs.
-        pattern: The user's shard specification, for error messages.
-        decode: Keyword arguments of :func:`~foley.data_modules.decoding.decode_sample`
-            except ``sample`` and ``rng``.
-        shuffle: Shuffle shard order and samples (training).
-        shuffle_buffer: Samples held for shuffling.
-        seed: Base seed; crops and shuffling depend on (seed, epoch, reader).
-        max_samples: Stop after this many samples in total over all readers.
-        samples_per_epoch: Loop over the shards until every reader has produced
-            ``ceil(samples_per_epoch / readers)`` samples (equal batch counts on every
-            DDP rank); ``None`` makes one pass.
-        skipped: Counter of undecodable samples.
-        rank: DDP rank of this process (``None``: ask torch.distributed / the environment).
-        world_size: Number of DDP processes.
-    """
-
-    def __init__(
-        self,
-        urls: list[str],
-        pattern: str,
-        decode: dict[str, Any],
-        shuffle: bool = False,
-        shuffle_buffer: int = 0,
-        seed: int = 0,
-        max_samples: int | None = None,
-        samples_per_epoch: int | None = None,
-        skipped: SkipCounter | None = None,
-        rank: int | None = None,
-        world_size: int | None = None,
-    ) -> None:
-        super().__init__()
-        if not urls:
-            raise FileNotFoundError(f"{pattern}: no shards")
-        self.urls = list(urls)
-        self.pattern = pattern
-        self.decode = decode
-        self.shuffle = shuffle
-        self.shuffle_buffer = shuffle_buffer
-        self.seed = seed
-        self.max_samples = max_samples
-        self.samples_per_epoch = samples_per_epoch
-        self.skipped = skipped or SkipCounter()
-        self.rank = rank
-        self.world_size = world_size
-        self.epoch = 0
-        self._local_passes = 0
-
-    def _reader(self) -> tuple[int, int]:
-        rank, world, worker, workers = wds.utils.pytorch_worker_info()
-        if self.rank is not None and self.world_size is not None:
-            rank, world = self.rank, self.world_size
-        return rank * workers + worker, world * workers
-
-    def _skip(self, reason: str) -> bool:
-        self.skipped.add()
-        log.warning("skipping undecodable data from %s: %s", self.pattern, reason)
-        return True
-
-    def _raw_samples(self, urls: list[str]) -> Iterator[dict[str, Any]]:
-        def handler(exc: Exception) -> bool:
-            return self._skip(f"{type(exc).__name__}: {exc}")
-
-        def streams() -> Iterator[dict[str, Any]]:
-            for url in urls:
-                try:
-                    stream = _open_url(url)
-                except Exception as exc:  # noqa: BLE001 - an unreadable shard must not end the epoch
-                    handler(exc)
-                    continue
-                try:
-                    yield {"url": url, "stream": stream}
-                finally:
-                    stream.close()  # the expander has read this shard to its end (or stopped)
-
-        files = tar_file_expander(streams(), handler=handler)
-        yield from group_by_keys(files, handler=handler)
-
-    def _one_pass(self, rng: random.Random, reader: int, readers: int, pass_index: int) -> Iterator[dict[str, Any]]:
-        urls = list(self.urls)
-        if self.shuffle:
-            # Same order in every reader (seeded without the reader id) so that the
-            # sample-level split below stays a partition.
-            random.Random(_mix(self.seed, self.epoch, self._local_passes, pass_index)).shuffle(urls)
-        if len(urls) >= readers and self.max_samples is None:
-            raw = self._raw_samples(urls[reader::readers])
-        else:
-            # Fewer shards than readers (or a global sample limit): every reader scans
-            # all shards and keeps every readers-th sample.
-            scanned = islice(self._raw_samples(urls), self.max_samples)
-            raw = (sample for index, sample in enumerate(scanned) if index % readers == reader)
-        if self.shuffle and self.shuffle_buffer > 1:
-            raw = _shuffled(raw, self.shuffle_buffer, rng)
-        for sample in raw:
-            try:
-                yield decode_sample(sample, rng=rng if self.shuffle else None, **self.decode)
-            except Exception as exc:  # noqa: BLE001 - skip, count, go on
-                self._skip(str(exc) if isinstance(exc, SampleError) else f"{sample.get('__key__')}: {type(exc).__name__}: {exc}")
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        reader, readers = self._reader()
-        self._local_passes += 1
-        rng = random.Random(_mix(self.seed, self.epoch, self._local_passes, reader))
-        if self.samples_per_epoch is None:
-            yield from self._one_pass(rng, reader, readers, 0)
-            return
-        quota = -(-self.samples_per_epoch // readers)
-        produced, pass_index = 0, 0
-        while produced < quota:
-            before = produced
-            for example in self._one_pass(rng, reader, readers, pass_index):
-                yield example
-                produced += 1
-                if produced >= quota:
-                    return
-            pass_index += 1
-            if produced == before:
-                return  # a full pass produced nothing; looping again would spin forever
-
-
-def _mix(*values: int) -> int:
-    return int(np.random.SeedSequence([int(v) & 0xFFFFFFFF for v in values]).generate_state(1)[0])
-
-
-def _shuffled(samples: Iterator[dict[str, Any]], size: int, rng: random.Random) -> Iterator[dict[str, Any]]:
-    buffer: list[dict[str, Any]] = []
-    for sample in samples:
-        buffer.append(sample)
-        if len(buffer) >= size:
-            index = rng.randrange(len(buffer))
-            buffer[index], buffer[-1] = buffer[-1], buffer[index]
-            yield buffer.pop()
-    rng.shuffle(buffer)
-    yield from buffer
-
-
-def _pad_stack(tensors: list[torch.Tensor], dim: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero-pad tensors along ``dim`` to the longest and stack; return (stacked, mask)."""
-    lengths = [t.shape[dim] for t in tensors]
-    longest = max(lengths)
-    shape = list(tensors[0].shape)
-    shape[dim] = longest
-    out = tensors[0].new_zeros((len(tensors), *shape))
-    mask = torch.zeros((len(tensors), longest), dtype=torch.bool)
-    for row, (tensor, length) in enumerate(zip(tensors, lengths)):
-        out[row].narrow(dim, 0, length).copy_(tensor)
-        mask[row, :length] = True
-    return out, mask
-
-
-def _pad_any(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Stack tensors of equal rank, zero-padding every dimension to the largest size."""
-    if all(t.shape == tensors[0].shape for t in tensors):
-        return torch.stack(tensors)
-    if len({t.ndim for t in tensors}) != 1:
-        raise ValueError(f"cannot batch tensors of different ranks: {[tuple(t.shape) for t in tensors]}")
-    shape = [max(sizes) for sizes in zip(*(t.shape for t in tensors))]
-    out = tensors[0].new_zeros((len(tensors), *shape))
-    for row, tensor in enumerate(tensors):
-        out[(row, *(slice(0, s) for s in tensor.shape))] = tensor
-    return out
-
-
-_FIXED_KEYS = {"audio", "clip_frames", "sync_frames", "caption", "seconds_start", "seconds_total", "key", "meta"}
-
-
-def collate_examples(examples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Batch examples from :func:`decode_sample`, padding to the longest (architecture §2)."""
-    audio, audio_mask = _pad_stack([e["audio"] for e in examples], dim=1)
-    batch: dict[str, Any] = {
-        "audio": audio,
-        "audio_mono": audio.mean(dim=1),
-        "audio_mask": audio_mask,
-    }
-    for name, mask_name in (("clip_frames", "clip_mask"), ("sync_frames", "sync_mask")):
-        if name in examples[0]:
-            batch[name], batch[mask_name] = _pad_stack([e[name] for e in examples], dim=0)
-    batch["caption"] = [e["caption"] for e in examples]
-    batch["seconds_start"] = torch.tensor([e["seconds_start"] for e in examples], dtype=torch.float32)
-    batch["seconds_total"] = torch.tensor([e["seconds_total"] for e in examples], dtype=torch.float32)
-    batch["key"] = [e["key"] for e in examples]
-    batch["meta"] = [e["meta"] for e in examples]
-    extras = sorted({k for e in examples for k in e} - _FIXED_KEYS)
-    for name in extras:
-        values = [e.get(name) for e in examples]
-        if any(v is None for v in values):
-            raise ValueError(f"precomputed member {name!r} is missing in some samples of the batch: {batch['key']}")
-        batch[name] = _pad_any(values)
-    return batch
-
-
-def describe_batch(batch: dict[str, Any]) -> str:
-    """Human-readable summary of a batch: one line per field with shape, dtype and range."""
-    lines = []
-    for name, value in batch.items():
-        if isinstance(value, torch.Tensor):
-            text = f"{name:14s} {str(value.dtype).removeprefix('torch.'):8s} {tuple(value.shape)}"
-            if value.numel() and value.dtype != torch.bool:
-                text += f"  min {value.min().item():.4g}  max {value.max().item():.4g}"
-            elif value.numel():
-                text += f"  true {value.float().mean().item():.1%}"
-            lines.append(text)
-        elif name == "meta":
-            counts = [len(m.get("events", [])) for m in value]
-            lines.append(f"{name:14s} list[{len(value)}] of dicts; events per sample {counts}")
-        elif isinstance(value, list):
-            shown = ", ".join(repr(v)[:40] for v in value[:3]) + (", ..." if len(value) > 3 else "")
-            lines.append(f"{name:14s} list[{len(value)}]: {shown}")
-        else:
-            lines.append(f"{name:14s} {value!r}")
-    return "\n".join(lines)
-
-
-class _ShardLoader(DataLoader):
-    """DataLoader that tells its dataset the epoch and fails loudly when it yields nothing."""
-
-    epoch_source: Any = None
-
-    def __iter__(self) -> Iterator[Any]:
-        dataset = self.dataset
-        assert isinstance(dataset, ShardStream)
-        epoch = self.epoch_source() if self.epoch_source is not None else None
-        dataset.epoch = dataset.epoch + 1 if epoch is None else epoch
-        skipped_before = dataset.skipped.value
-        batches = 0
-        for batch in super().__iter__():
-            batches += 1
-            yield batch
-        if batches == 0:
-            skipped = dataset.skipped.value - skipped_before
-            raise EmptyDatasetError(
-                f"no samples could be read from {dataset.pattern!r} ({len(dataset.urls)} shard(s)"
-                + (f", rank {dataset.rank} of {dataset.world_size}" if dataset.world_size and dataset.world_size > 1 else "")
-                + f"); {skipped} sample(s) or shard(s) were skipped as undecodable (see the warnings above). "
-                "Check the shard paths and create shards with `foley synth` or `foley prepare`."
-            )
 
 
 class FoleyDataModule(LightningDataModule):
@@ -361,6 +61,10 @@ class FoleyDataModule(LightningDataModule):
         pin_memory: DataLoader ``pin_memory``.
         persistent_workers: Keep worker processes between epochs (saves their start-up
             time; crops still differ per epoch).
+        max_skip_fraction: Stop with :class:`SkipLimitExceeded` (naming the first bad samples)
+            once more than this fraction of the samples read could not be decoded; ``None``
+            never stops.
+        skip_warmup: Samples read before ``max_skip_fraction`` is checked.
     """
 
     def __init__(
@@ -387,6 +91,8 @@ class FoleyDataModule(LightningDataModule):
         decode_threads: int = 1,
         pin_memory: bool = False,
         persistent_workers: bool = True,
+        max_skip_fraction: float | None = 0.01,
+        skip_warmup: int = 100,
     ) -> None:
         super().__init__()
         if clip_seconds <= 0:
@@ -395,6 +101,12 @@ class FoleyDataModule(LightningDataModule):
             raise ValueError(f"min_seconds must be in (0, clip_seconds={clip_seconds}], got {min_seconds}")
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
+        if max_skip_fraction is not None and not 0.0 <= max_skip_fraction <= 1.0:
+            raise ValueError(f"max_skip_fraction must be in [0, 1] or null, got {max_skip_fraction}")
+        if skip_warmup < 0:
+            raise ValueError(f"skip_warmup must be >= 0, got {skip_warmup}")
+        if samples_per_epoch is not None and samples_per_epoch < 1:
+            raise ValueError(f"samples_per_epoch must be >= 1 or null, got {samples_per_epoch}")
         self.save_hyperparameters()
         self.shards: dict[str, ShardSpec] = {"train": train_shards, "val": val_shards, "test": test_shards, "predict": predict_shards}
         self.sample_rate = sample_rate
@@ -412,6 +124,8 @@ class FoleyDataModule(LightningDataModule):
         self.decode_threads = decode_threads
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
+        self.max_skip_fraction = max_skip_fraction
+        self.skip_warmup = skip_warmup
         self._skipped: SkipCounter | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -428,7 +142,7 @@ class FoleyDataModule(LightningDataModule):
 
     def _counter(self) -> SkipCounter:
         if self._skipped is None:
-            self._skipped = SkipCounter()
+            self._skipped = SkipCounter(self.max_skip_fraction, self.skip_warmup)
         return self._skipped
 
     def _rank_info(self) -> tuple[int | None, int | None]:
@@ -438,6 +152,16 @@ class FoleyDataModule(LightningDataModule):
 
     def _epoch(self) -> int | None:
         return None if self.trainer is None else int(self.trainer.current_epoch)
+
+    def _consumed(self) -> int | None:
+        """Training batches of the current epoch the trainer has processed.
+
+        A checkpoint written mid-batch (an error in ``training_step``) restarts that batch,
+        so the batch being processed does not count as consumed.
+        """
+        if self.trainer is None:
+            return None
+        return int(self.trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
     def dataset(self, split: Split) -> ShardStream:
         """Build the example stream of one split (also usable without a Trainer)."""
@@ -475,27 +199,43 @@ class FoleyDataModule(LightningDataModule):
             world_size=world,
         )
 
-    def _loader(self, split: Split) -> DataLoader:
-        loader = _ShardLoader(
+    def _restored(self) -> None:
+        """The training loader got a checkpoint's data position; the trainer resumes next.
+
+        Works around Lightning 2.6 for epochs of unknown length: a checkpoint written after
+        the last batch of such an epoch (Lightning saw the end by fetching ahead) is restored
+        with ``is_last_batch`` set but without resetting the batch counters, so the *next*
+        epoch ends before its first batch and is silently skipped. Cleared, the restored
+        loader itself reports the end of the epoch on the first fetch.
+        """
+        trainer = self.trainer
+        if trainer is None or self.samples_per_epoch is not None or isinstance(trainer.limit_train_batches, int):
+            return  # Lightning knows the epoch length and resets its counters at the boundary
+        trainer.fit_loop.epoch_loop.batch_progress.is_last_batch = False
+
+    def _loader(self, split: Split) -> ShardLoader:
+        train = split == "train"
+        return ShardLoader(
             self.dataset(split),
+            epoch_source=self._epoch if train else None,
+            consumed_source=self._consumed if train else None,
+            on_restore=self._restored if train else None,
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             collate_fn=collate_examples,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
         )
-        if split == "train":
-            loader.epoch_source = self._epoch
-        return loader
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ShardLoader:
+        """Training batches; resumable (Lightning saves the loader state in checkpoints)."""
         return self._loader("train")
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> ShardLoader:
         return self._loader("val")
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> ShardLoader:
         return self._loader("test")
 
-    def predict_dataloader(self) -> DataLoader:
+    def predict_dataloader(self) -> ShardLoader:
         return self._loader("predict")

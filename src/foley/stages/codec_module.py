@@ -34,6 +34,7 @@ from foley.stages.codec_losses import (
     margin_kl_loss,
     masked_l1,
 )
+from foley.stages.training_rng import StepGenerator
 
 __all__ = ["CodecModule"]
 
@@ -141,6 +142,8 @@ class CodecModule(LightningModule):
         self.mel_loss = MultiResolutionMelLoss(codec.sample_rate, mel_loss_n_ffts, mel_loss_n_mels)
         # Counts generator updates (Lightning's global_step counts every optimiser's steps).
         self.register_buffer("generator_steps", torch.zeros((), dtype=torch.long))
+        # Training draws (posterior samples, vocoder crops): exact on resume.
+        self._step_generator = StepGenerator()
 
     # ----------------------------------------------------------------- API
     def encode(self, wave: Tensor, sample_rate: int | None = None) -> Tensor:
@@ -210,14 +213,16 @@ class CodecModule(LightningModule):
         """Sample mask → (mel-frame mask, latent-frame mask): a frame counts if its first sample is real."""
         return mask[:, :: self.codec.hop_length], mask[:, :: self.codec.samples_per_latent]
 
-    def _vocoder_crop(self, mel: Tensor, wave: Tensor, frame_mask: Tensor) -> tuple[Tensor, Tensor]:
+    def _vocoder_crop(self, mel: Tensor, wave: Tensor, frame_mask: Tensor,
+                      generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         frames = self.hparams.vocoder_segment_frames
         total = mel.shape[-1]
         if frames is None or frames >= total:
             return mel, wave
         # Start inside the real part of the shortest clip so crops are rarely all padding.
         valid = int(frame_mask.sum(dim=1).min().item())
-        start = int(torch.randint(0, max(valid - frames, 0) + 1, ()).item())
+        device = generator.device if generator is not None else None
+        start = int(torch.randint(0, max(valid - frames, 0) + 1, (), generator=generator, device=device).item())
         start = min(start, total - frames)
         hop = self.codec.hop_length
         return mel[..., start : start + frames], wave[..., start * hop : (start + frames) * hop]
@@ -239,6 +244,7 @@ class CodecModule(LightningModule):
         schedulers = self.lr_schedulers()
         schedulers = [] if schedulers is None else schedulers if isinstance(schedulers, list) else [schedulers]
 
+        generator = self._step_generator(self, batch_idx)
         wave, mask = self._prepare_batch(batch)
         frame_mask, latent_mask = self._frame_masks(mask)
         with torch.no_grad():
@@ -250,7 +256,7 @@ class CodecModule(LightningModule):
 
         if self.train_vae:
             mean, logvar = self.codec.vae.encode(mel)
-            mel_recon = self.codec.vae.decode(self.codec.vae.sample(mean, logvar))
+            mel_recon = self.codec.vae.decode(self.codec.vae.sample(mean, logvar, generator=generator))
             recon = masked_l1(mel_recon, mel, frame_mask)
             kl = gaussian_kl(mean, logvar, latent_mask)
             kl_term = margin_kl_loss(kl, self.hparams.kl_margin)
@@ -260,7 +266,7 @@ class CodecModule(LightningModule):
 
         if self.train_vocoder:
             source = mel_recon.detach() if (self.hparams.vocode_reconstruction and mel_recon is not None) else mel
-            mel_crop, target = self._vocoder_crop(source, wave, frame_mask)
+            mel_crop, target = self._vocoder_crop(source, wave, frame_mask, generator)
             generated = self.codec.vocode(mel_crop)
             mel_term = self.mel_loss(generated, target)
             stft_term = self.stft_loss(generated, target)
@@ -304,8 +310,8 @@ class CodecModule(LightningModule):
             if schedulers:
                 schedulers[0].step()
         self.generator_steps += 1
-        logs["train/loss"] = generator_loss.detach()
-        self.log_dict({k: v.detach() for k, v in logs.items()}, prog_bar=False, batch_size=batch_size)
+        self.log_dict({k: v.detach() for k, v in logs.items()}, batch_size=batch_size)
+        self.log("train/loss", generator_loss.detach(), prog_bar=True, batch_size=batch_size)
         self.log("train/generator_steps", self.generator_steps.float(), batch_size=batch_size)
         return generator_loss.detach()
 
@@ -366,8 +372,12 @@ class CodecModule(LightningModule):
 
     # -------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._step_generator.on_save_checkpoint(checkpoint)
         # JSON keeps the checkpoint loadable with torch.load(weights_only=True).
         checkpoint[CONFIG_KEY] = json.dumps(self.codec.init_config())
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._step_generator.on_load_checkpoint(checkpoint)
 
     def export_codec(self, path: str | os.PathLike[str]) -> None:
         """Write the codec alone (weights + architecture) for later stages; see ``Codec.save``."""

@@ -21,6 +21,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from foley.flow import FlowMatching
+from foley.stages.training_rng import StepGenerator
 
 __all__ = ["FlowModule", "Conditions"]
 
@@ -122,8 +123,9 @@ class FlowModule(LightningModule):
         self.sample_steps = sample_steps
         self.sampler = sampler
         self.sample_posterior = sample_posterior
-        self._ema_step = -1
         self._fingerprints: dict[str, str] | None = None
+        # Training draws (posterior sample, times, noise, condition dropout): exact on resume.
+        self._step_generator = StepGenerator()
 
     @staticmethod
     def _freeze(module: nn.Module | None) -> nn.Module | None:
@@ -194,16 +196,18 @@ class FlowModule(LightningModule):
             mask = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
         return features.float(), mask.bool()
 
-    def encode_latents(self, batch: Mapping[str, Any], sample: bool = False) -> tuple[Tensor, Tensor]:
+    def encode_latents(self, batch: Mapping[str, Any], sample: bool = False,
+                       generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Normalised codec latents ``(B, T, C)`` of the batch audio and their mask ``(B, T)``.
 
-        Uses ``batch["latent"]`` (and ``latent_std`` when ``sample``) from feature shards when
-        present, otherwise runs the frozen codec on ``audio_mono``.
+        Uses ``batch["latent"]`` (and ``latent_std`` when ``sample``, drawing from ``generator``)
+        from feature shards when present, otherwise runs the frozen codec on ``audio_mono``.
         """
         if "latent" in batch:
             latent = batch["latent"].float()
             if sample and "latent_std" in batch:
-                latent = latent + batch["latent_std"].float() * torch.randn_like(latent)
+                noise = torch.randn(latent.shape, generator=generator, device=latent.device, dtype=latent.dtype)
+                latent = latent + batch["latent_std"].float() * noise
         else:
             audio = batch["audio_mono"] if "audio_mono" in batch else batch["audio"].mean(dim=1)
             if "audio_mask" in batch:
@@ -298,13 +302,14 @@ class FlowModule(LightningModule):
              generator: torch.Generator | None = None, sample_posterior: bool = False) -> Tensor:
         """Flow-matching loss on a batch.
 
-        Random draws happen in a fixed order (times, noise, then dropout flags) so that
-        losses with different dropout settings are comparable under the same seed.
+        Random draws happen in a fixed order (posterior sample, times, noise, then dropout
+        flags) so that losses with different dropout settings are comparable under the same
+        seed; all come from ``generator`` (the global RNG when ``None``).
         """
         network = self.network if network is None else network
         self._check_crop(batch)
         self._check_features(batch)
-        x1, mask = self.encode_latents(batch, sample=sample_posterior)
+        x1, mask = self.encode_latents(batch, sample=sample_posterior, generator=generator)
         conditions = self.encode_conditions(batch)
         batch_size, device = x1.shape[0], x1.device
         t = self.flow.sample_t(batch_size, device, generator)
@@ -322,7 +327,8 @@ class FlowModule(LightningModule):
         return self.flow.loss(velocity, x1, mask, t=t, noise=noise)
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
-        loss = self.loss(batch, sample_posterior=self.sample_posterior)
+        generator = self._step_generator(self, batch_idx)
+        loss = self.loss(batch, sample_posterior=self.sample_posterior, generator=generator)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["seconds_total"]))
         return loss
 
@@ -359,11 +365,13 @@ class FlowModule(LightningModule):
         for ema_buffer, buffer in zip(self.ema_network.buffers(), self.network.buffers()):
             ema_buffer.copy_(buffer)
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        step = int(self.trainer.global_step)
-        if step != self._ema_step:  # only after a real optimiser step (gradient accumulation)
-            self._ema_step = step
-            self.update_ema(step)
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Here (once per real optimiser step), not in on_train_batch_end: checkpoint callbacks
+        # run before the module's on_train_batch_end, so a checkpoint written at this step would
+        # miss the update and a resumed run's average would lag the uninterrupted one.
+        # Lightning counts this step in global_step only after the hook returns.
+        self.update_ema(int(self.trainer.global_step) + 1)
 
     # ---------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> Any:
@@ -539,6 +547,7 @@ class FlowModule(LightningModule):
         return names
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._step_generator.on_save_checkpoint(checkpoint)
         # Frozen pretrained parts are rebuilt from their own files; copying them into every
         # stage-2 checkpoint would multiply its size (MetaCLIP ViT-H alone is ~2.5 GB).
         prefixes = tuple(f"{name}." for name in self._frozen_from_file())
@@ -546,6 +555,7 @@ class FlowModule(LightningModule):
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(prefixes)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._step_generator.on_load_checkpoint(checkpoint)
         state = checkpoint["state_dict"]
         for name in FROZEN:
             module = getattr(self, name)

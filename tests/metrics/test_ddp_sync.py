@@ -115,10 +115,17 @@ def test_two_process_gloo_sync_equals_one_process(tmp_path: Path) -> None:
     expected_suite = suite.compute()
     assert set(ddp["suite"]["per_category"]) == {"a", "b", "c"}
     assert ddp["suite"]["num_clips"] == 6
+    # The suite embeds the audio in float32 (log-mel statistics) on each rank's 3 clips, here on
+    # all 6 and with other threads: an STFT may round a clip differently for another batch, up
+    # to ~sqrt(n_fft = 512) eps32 in its log-mels. FD, KL and IS of these embeddings move by at
+    # most 1.4e-7 per eps32 of relative embedding change (measured), so by
+    # 2 * 22.6 * 1.4e-7 = 6.3e-6 between the two sides; rel 1e-5. One rank's clips left out or
+    # counted twice moves them by >= 4e-4 (num_clips by 50 %). The checks below compare float64
+    # states fed the same inputs, where only the summation order differs: rel 1e-9.
     for row in ["overall"]:
-        assert ddp["suite"][row] == pytest.approx(expected_suite[row], rel=1e-9, nan_ok=True)
+        assert ddp["suite"][row] == pytest.approx(expected_suite[row], rel=1e-5, nan_ok=True)
     for category, scores in expected_suite["per_category"].items():
-        assert ddp["suite"]["per_category"][category] == pytest.approx(scores, rel=1e-9, nan_ok=True), category
+        assert ddp["suite"]["per_category"][category] == pytest.approx(scores, rel=1e-5, nan_ok=True), category
     single = {"fd": fd.compute().item(), "kl": kl.compute().item(), "is": isc.compute().item(),
               "ib": ib.compute().item(), "desync": ds.compute().item()}
     for key, value in single.items():

@@ -66,4 +66,11 @@ def test_deterministic_and_batched():
     log_mel = torch.randn(2, 128, 20) - 4
     a, b = vocoder(log_mel), vocoder(log_mel)
     assert torch.equal(a, b)
-    assert torch.allclose(vocoder(log_mel[1:]), a[1:], atol=1e-5)
+    # Alone or batched, a clip gets the same phase draw; only rounding may differ, e.g. the
+    # 128-term mel-inverse GEMM blocked differently for another batch size (~sqrt(128) eps32
+    # per magnitude). Griffin-Lim's phase normalisation amplifies that: an eps32 relative
+    # change of the magnitudes moves this output by up to 40 eps32 of its peak (measured over
+    # random perturbations), so 2 * 40 * sqrt(128) * eps32 * peak = 1.1e-4 * peak bounds it.
+    # Another phase draw or mixed-up rows change the output by ~1 * peak.
+    tolerance = 2 * 40 * math.sqrt(128) * torch.finfo(torch.float32).eps * float(a.abs().max())
+    torch.testing.assert_close(vocoder(log_mel[1:]), a[1:], rtol=0, atol=tolerance)

@@ -40,7 +40,11 @@ def test_video_round_trip_decord(tmp_path: Path) -> None:
     times = reader.get_frame_timestamp(list(range(30)))[:, 0]
     np.testing.assert_allclose(times, np.arange(30) / 25.0, atol=1e-6)
     decoded = reader.get_batch(list(range(30))).asnumpy().astype(int)
-    np.testing.assert_allclose(decoded[:, 1:6].mean(axis=(1, 2, 3)), 10 + 6 * np.arange(30), atol=2)
+    # Tags are 6 grey levels apart: a decoded frame is identified if its tag is off by less than
+    # half of that. (Measured: 2.0 for every x264 thread count from 1 to 16, from limited-range
+    # YUV rounding and compression; the old bound, atol=2, sat exactly on it.)
+    tags = decoded[:, 1:6].mean(axis=(1, 2, 3))
+    assert np.abs(tags - (10 + 6 * np.arange(30))).max() < 3
     for i in (0, 17, 29):  # the square's interior (away from chroma-subsampled edges)
         np.testing.assert_allclose(decoded[i, 24:40, 4 + i + 3 : 4 + i + 13], video[i, 24:40, 4 + i + 3 : 4 + i + 13], atol=12)
     assert np.abs(decoded - video).mean() < 3

@@ -55,7 +55,7 @@ def test_video_stream_is_copied_bit_exact_with_new_stereo_audio(tmp_path: Path, 
     assert abs(decoded.shape[1] - n) <= 2048  # encoder frame padding at most
     level = np.sqrt((decoded[:, SR // 4 : SR // 2] ** 2).mean(axis=1))
     np.testing.assert_allclose(level, [0.5 / np.sqrt(2), 0.25 / np.sqrt(2)], rtol=0.05)
-    if codec == "flac":  # lossless: the samples themselves come back (16-bit)
+    if codec == "flac":  # lossless: the samples themselves come back (16-bit: one step is 2^-15 = 3.1e-5)
         np.testing.assert_allclose(decoded[:, :n], audio, atol=1e-4)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "out.mp4"]  # no temporary left
 

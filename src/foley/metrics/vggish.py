@@ -47,7 +47,7 @@ def vggish_mel_matrix(num_bins: int = _FFT // 2 + 1, sample_rate: int = 16000, n
     """``(num_bins, n_mels)`` HTK mel weights, triangles linear in mel, DC bin zeroed."""
     bins_hz = torch.linspace(0.0, sample_rate / 2, num_bins, dtype=torch.float64)
     bins_mel = _hz_to_mel(bins_hz)
-    edges = torch.linspace(float(_hz_to_mel(torch.tensor(fmin))), float(_hz_to_mel(torch.tensor(fmax))), n_mels + 2, dtype=torch.float64)
+    edges = torch.linspace(float(_hz_to_mel(torch.tensor(fmin, dtype=torch.float64))), float(_hz_to_mel(torch.tensor(fmax, dtype=torch.float64))), n_mels + 2, dtype=torch.float64)
     lower, center, upper = edges[:-2], edges[1:-1], edges[2:]
     rising = (bins_mel[:, None] - lower) / (center - lower)
     falling = (upper - bins_mel[:, None]) / (upper - center)

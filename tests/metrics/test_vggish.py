@@ -44,15 +44,16 @@ def test_state_dict_equals_the_torchvggish_manifest_strictly() -> None:
 
 def test_examples_match_torchvggish_waveform_to_examples() -> None:
     reference = json.loads(MANIFEST.read_text())["reference_front_end"]
-    expected = torch.tensor(reference["log_mel"])
+    expected = torch.tensor(reference["log_mel"], dtype=torch.float64)
     examples = vggish_examples(vggish_log_mel(reference_signal(reference["seconds"])[None]))
     assert examples.shape == (1, 1, 1, 96, 64)
-    # Our front end runs in float64 and rounds once to float32 (<= 2.7e-7 for |values| <= 4.6),
-    # so no machine-dependent error reaches this comparison (float64 FFT error, even amplified
-    # by up to 1 / 0.01 by the log's offset, is ~1e-12). What is left is the reference's 1e-4
-    # rounding (5e-5) plus a fixed 1.04e-5 of its own: measured 6.04e-5 on every thread count
-    # and CPU setting. A symmetric window moves values by 0.15, a 0.05 % mel gain by 5.5e-4.
-    assert (examples[0, 0, 0] - expected).abs().max() < 2e-4
+    # Both front ends compute in float64 (float64 FFT and mel error, even amplified by up to
+    # 1 / 0.01 by the log's offset, is ~1e-12) and store float32 (|values| <= 4.61: half an ulp
+    # is 2.4e-7 each); the reference is then rounded to 1e-4 (5e-5). So the error is at most
+    # 5e-5 + 2 * 2.4e-7 = 5.05e-5 (measured 4.99992e-5). The old 2e-4 hid float32 mel-band
+    # edges (6.0e-5 with AVX-512, 8.1e-5 without SIMD); a 0.05 % mel gain gives 5.5e-4 and a
+    # symmetric window 0.15.
+    assert (examples[0, 0, 0].double() - expected).abs().max() <= 5.1e-5
 
 
 def test_postprocessor_whitens_clips_and_quantises_in_closed_form() -> None:

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from foley.metrics.generation import SyntheticWorldScores
+from foley.metrics.synthetic import SyntheticWorldMetric
 from foley.synth.world import CATEGORIES, render_clip
 
 
@@ -28,7 +28,7 @@ def main() -> None:
     args = parser.parse_args()
     sr = args.sample_rate
     conditions = ["truth", "other seed", "delay 30 ms", "delay 60 ms", "delay 100 ms", "centred mono"]
-    scores = {name: SyntheticWorldScores(categories=CATEGORIES) for name in conditions}
+    scores = {name: SyntheticWorldMetric(categories=CATEGORIES) for name in conditions}
     seconds_scored = 0.0
     elapsed = 0.0
     for index in range(args.clips):

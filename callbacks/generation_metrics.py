@@ -14,7 +14,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
-from foley.metrics.generation import GenerationMetric, SyntheticWorldScores
+from foley.metrics.generation import GenerationMetric
+from foley.metrics.synthetic import SyntheticWorldMetric
 
 __all__ = ["GenerationMetricsCallback", "slice_batch", "resolve_sample_rate", "write_examples"]
 
@@ -135,7 +136,7 @@ class GenerationMetricsCallback(Callback):
         self.every_n_epochs = every_n_epochs
         self.num_samples = num_samples
         self.seed = seed
-        self.metrics = nn.ModuleList(list(metrics) if metrics is not None else [SyntheticWorldScores()])
+        self.metrics = nn.ModuleList(list(metrics) if metrics is not None else [SyntheticWorldMetric()])
         self.log_audio_examples = log_audio_examples
         self.sample_rate = sample_rate
         self.prefix = prefix

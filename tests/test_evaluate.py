@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader
 from foley.callbacks.evaluation import EvaluationReportCallback
 from foley.evaluate import EvaluationSuite, format_markdown, read_cached_audio, rescore
 from foley.metrics.embedders import SpectralStatsEmbedder
-from foley.metrics.generation import EmbeddingFrechetDistance, SyntheticWorldScores
+from foley.metrics.generation import EmbeddingFrechetDistance
+from foley.metrics.synthetic import SyntheticWorldMetric
 
 SR = 8000
 
@@ -101,7 +102,7 @@ def test_reuse_cache_skips_generation(tmp_path: Path) -> None:
 
 def test_per_category_copies_share_the_embedder_and_match_separate_runs() -> None:
     embedder = SpectralStatsEmbedder(sample_rate=SR, n_mels=4)
-    suite = EvaluationSuite([EmbeddingFrechetDistance(embedder, "fd_stats"), SyntheticWorldScores()])
+    suite = EvaluationSuite([EmbeddingFrechetDistance(embedder, "fd_stats"), SyntheticWorldMetric()])
     batch = _collate([_clip(i) for i in range(12)])
     generated = batch["audio"].roll(100, dims=-1)
     suite.update(generated, batch, SR)
@@ -167,5 +168,6 @@ def test_foley_test_config_on_synthetic_shards(tmp_path: Path) -> None:
 def test_new_category_buckets_follow_the_suite_device() -> None:
     # Metric states are not parameters: the device must come from the torchmetrics states,
     # or per-category states would stay on the CPU while the overall ones sit on the GPU.
-    suite = EvaluationSuite([SyntheticWorldScores()]).to("meta")
-    assert suite._bucket("drum")[0].metric.device.type == "meta"
+    suite = EvaluationSuite([SyntheticWorldMetric()]).to("meta")
+    assert suite._bucket("drum")[0].device.type == "meta"
+    assert suite._bucket("drum")[0].tp.device.type == "meta"

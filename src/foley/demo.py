@@ -181,13 +181,13 @@ def _score(generated: Path, metas: list[dict]) -> dict:
     from foley.metrics.synthetic import SyntheticWorldMetric
 
     categories = sorted({m["category"] for m in metas})
-    metric = SyntheticWorldMetric(categories=categories, textured_event_types=("engine", "rain"))
+    metric = SyntheticWorldMetric(categories=categories)
     for meta in metas:
         wave, sr = read_audio(generated / f"{meta['key']}.wav")
         truth = torch.from_numpy(meta["_audio"])
         n = min(wave.shape[-1], truth.shape[-1])
-        metric.update(torch.from_numpy(wave)[None, :, :n], truth[None, :, :n], [meta],
-                      seconds_total=[meta["duration"]], sample_rate=sr)
+        batch = {"audio": truth[None, :, :n], "meta": [meta], "seconds_total": [meta["duration"]]}
+        metric.update(torch.from_numpy(wave)[None, :, :n], batch, sr)
     return {k: float(v) for k, v in metric.compute().items()}
 
 
@@ -207,11 +207,10 @@ def _score_stage3_alone(stereo_ckpt: Path, codec_ckpt: Path, test_shards: Path, 
     datamodule.setup("validate")
     batches = list(datamodule.val_dataloader())
     categories = sorted({meta["category"] for batch in batches for meta in batch["meta"]})
-    metric = SyntheticWorldMetric(categories=categories, textured_event_types=("engine", "rain"))
+    metric = SyntheticWorldMetric(categories=categories)
     for batch in batches:
         batch = {**batch, "audio_mono": batch["audio"].mean(1)}
-        metric.update(stereo.generate(batch), batch["audio"], batch["meta"],
-                      seconds_total=batch["seconds_total"], sample_rate=stereo.sample_rate)
+        metric.update(stereo.generate(batch), batch, stereo.sample_rate)
     return {k: float(v) for k, v in metric.compute().items() if k.startswith(("pan_corr", "ild_mae"))}
 
 

@@ -32,7 +32,8 @@ import torch
 from torch import Tensor, nn
 
 from foley.io.atomic import atomic_path, atomic_write_json, atomic_write_text
-from foley.metrics.generation import GenerationMetric, SyntheticWorldScores
+from foley.metrics.generation import GenerationMetric
+from foley.metrics.synthetic import SyntheticWorldMetric
 
 __all__ = [
     "EvaluationSuite",
@@ -91,7 +92,7 @@ class EvaluationSuite(nn.Module):
         per_category: bool = True,
     ) -> None:
         super().__init__()
-        self.overall = nn.ModuleList(list(metrics) if metrics is not None else [SyntheticWorldScores()])
+        self.overall = nn.ModuleList(list(metrics) if metrics is not None else [SyntheticWorldMetric()])
         self.categories = None if categories is None else list(categories)
         self.per_category = per_category
         self.by_category = nn.ModuleDict()

@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from foley.callbacks import GenerationMetricsCallback
 from foley.metrics.embedders import SpectralStatsEmbedder
-from foley.metrics.generation import EmbeddingFrechetDistance, SyntheticWorldScores
+from foley.metrics.generation import EmbeddingFrechetDistance
+from foley.metrics.synthetic import SyntheticWorldMetric
 
 SR = 8000
 SECONDS = 1.5
@@ -90,7 +91,7 @@ def _fit(tmp_path: Path, mode: str, logger_cls=CSVLogger, epochs: int = 1, **cal
 
 
 def test_ground_truth_scores_f1_one_and_writes_examples(tmp_path: Path) -> None:
-    module, trainer = _fit(tmp_path, "truth", metrics=[SyntheticWorldScores(categories=["impacts", "rolling"])])
+    module, trainer = _fit(tmp_path, "truth", metrics=[SyntheticWorldMetric(categories=["impacts", "rolling"])])
     metrics = trainer.callback_metrics
     assert float(metrics["gen/onset_f1"]) == pytest.approx(1.0)
     assert float(metrics["gen/onset_f1/impacts"]) == pytest.approx(1.0)

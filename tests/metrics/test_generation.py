@@ -61,5 +61,5 @@ def test_synthetic_config_instantiates_without_weights() -> None:
     parser.add_argument("--callback", type=EvaluationReportCallback)
     callback = parser.instantiate_classes(parser.parse_object({"callback": config["trainer"]["callbacks"][0]})).callback
     names = [type(m).__name__ for m in callback.suite.overall]
-    assert names == ["SyntheticWorldScores", "EmbeddingFrechetDistance", "ClassifierKL"]
+    assert names == ["SyntheticWorldMetric", "EmbeddingFrechetDistance", "ClassifierKL"]
     assert callback.suite.categories == ["bouncing_ball", "drum", "lamp", "vehicle", "rain", "silence"]

@@ -1,4 +1,4 @@
-"""Closed-form checks of FD, paired KL, IS, IB-score and DeSync."""
+"""Closed-form checks of FD, paired KL, IS and DeSync (the IB-score's: tests/metrics/test_imagebind.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import torch
 
 from foley.metrics.desync import DeSync, offsets_from_logits
 from foley.metrics.frechet import FrechetDistance, frechet_distance
-from foley.metrics.ib_score import ImageBindScore
 from foley.metrics.inception import InceptionScore, inception_score
 from foley.metrics.kl import PairedKLDivergence, paired_kl_divergence
 
@@ -111,14 +110,21 @@ def test_inception_score_uniform_is_one_and_balanced_one_hot_is_n_classes() -> N
         inception_score(torch.zeros(5, 3))
 
 
-def test_ib_score_is_cosine_times_100() -> None:
-    video = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
-    audio = torch.tensor([[2.0, 0.0], [-1.0, -1.0]])
-    metric = ImageBindScore()
-    metric.update(video, audio)
-    assert float(metric.compute()) == pytest.approx(100 * (1.0 - 1.0) / 2)
-    metric.update(torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 1.0]]))
-    assert float(metric.compute()) == pytest.approx(100 * (1.0 - 1.0 + math.sqrt(0.5)) / 3)
+class _ScriptedClasses(torch.nn.Module):
+    """Stands in for the Synchformer AV classifier: returns the given offset classes, one per
+    call (one 4.8 s window of 14 segments)."""
+
+    crop_size = 8
+
+    def __init__(self, classes: list[int]) -> None:
+        super().__init__()
+        self.classes = list(classes)
+
+    def forward(self, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        assert video.shape[:3] == (1, 14, 16) and audio.shape[:2] == (1, 14)
+        logits = torch.full((1, 21), -5.0)
+        logits[0, self.classes.pop(0)] = 5.0
+        return logits
 
 
 def test_desync_from_logits_is_mean_absolute_offset() -> None:
@@ -127,6 +133,14 @@ def test_desync_from_logits_is_mean_absolute_offset() -> None:
     logits[1, 0, 0] = logits[1, 1, 20] = 5.0  # -2.0 s and +2.0 s
     offsets = offsets_from_logits(logits)
     assert offsets.flatten().tolist() == pytest.approx([0.0, 0.4, -2.0, 2.0])
-    metric = DeSync()
-    metric.update(offsets)
-    assert float(metric.compute()) == pytest.approx((0.2 + 2.0) / 2)
+    # The metric on a classifier that returns these classes window by window: clip 1 gets
+    # 0.0 s and +0.4 s (first and last 4.8 s of 8 s), clip 2 -2.0 s and +2.0 s.
+    metric = DeSync(model=_ScriptedClasses([10, 12, 0, 20, 15]))
+    sr = 16000
+    frames = torch.zeros(2, 200, 3, 8, 8, dtype=torch.uint8)  # 8 s at 25 fps
+    metric.update(torch.zeros(2, 1, 8 * sr), {"sync_frames": frames, "seconds_total": torch.tensor([8.0, 8.0])}, sr)
+    assert float(metric.compute()["desync"]) == pytest.approx((0.2 + 2.0) / 2, rel=1e-12)
+    # A 4.8 s clip has one window (+1.0 s); the mean is over clips, not windows.
+    metric.update(torch.zeros(1, 1, round(4.8 * sr)), {"sync_frames": frames[:1, :120]}, sr)
+    assert float(metric.compute()["desync"]) == pytest.approx((0.2 + 2.0 + 1.0) / 3, rel=1e-12)
+    assert metric.model.classes == [] and metric.higher_is_better is False

@@ -11,8 +11,8 @@ import torch
 import torchaudio.transforms as T
 
 from foley.metrics.embedders import MissingWeightsError
+from foley.metrics.desync import DeSync
 from foley.metrics.synchformer_av import (
-    DeSyncScore,
     SynchformerAV,
     synchformer_audio_segments,
     synchformer_video_segments,
@@ -85,7 +85,7 @@ def test_offset_head_sees_the_whole_sequence() -> None:
 
 
 def test_desync_scores_first_and_last_window_and_checks_frames() -> None:
-    score = DeSyncScore(model=_tiny())
+    score = DeSync(model=_tiny())
     batch = {"sync_frames": torch.randint(0, 255, (2, 200, 3, 32, 32), dtype=torch.uint8), "seconds_total": torch.tensor([8.0, 4.0])}
     generated = torch.randn(2, 2, 8 * 22050)
     offsets = score.offsets(generated[0], batch["sync_frames"][0], 22050, 8.0)
@@ -94,5 +94,8 @@ def test_desync_scores_first_and_last_window_and_checks_frames() -> None:
         score.update(generated, batch, 22050)  # clip 2 is 4 s, shorter than one 4.8 s window
     with pytest.raises(ValueError, match="sync_size: 32"):
         score.update(generated, {"sync_frames": torch.zeros(2, 200, 3, 16, 16, dtype=torch.uint8)}, 22050)
+    assert float(score.count) == 0  # a failed batch adds no clip
+    score.update(generated[:1], {"sync_frames": batch["sync_frames"][:1], "seconds_total": batch["seconds_total"][:1]}, 22050)
+    assert float(score.compute()["desync"]) == pytest.approx(float(offsets.abs().mean()), rel=1e-12)
     with pytest.raises(MissingWeightsError, match="synchformer_state_dict.pth.*MMAudio/releases"):
-        DeSyncScore(weights_path=None)
+        DeSync(weights_path=None)

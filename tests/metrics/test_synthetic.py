@@ -82,9 +82,9 @@ def test_matching_is_one_to_one_and_maximal() -> None:
 
 
 def _metric_scores(pred: torch.Tensor, events: list[float], category: str = "impacts") -> dict[str, float]:
-    metric = SyntheticWorldMetric(SR, categories=["impacts", "rolling"])
+    metric = SyntheticWorldMetric(categories=["impacts", "rolling"])
     meta = [{"category": category, "events": [{"onset": t, "type": "impact"} for t in events]}]
-    metric.update(pred[None, None], None, meta)
+    metric.update(pred[None, None], {"meta": meta}, SR)
     return {k: float(v) for k, v in metric.compute().items()}
 
 
@@ -107,11 +107,11 @@ def test_sync_offset_measures_a_constant_delay() -> None:
 
 
 def test_per_category_rows_and_other_bucket() -> None:
-    metric = SyntheticWorldMetric(SR, categories=["impacts", "rolling"])
+    metric = SyntheticWorldMetric(categories=["impacts", "rolling"])
     events = [{"onset": t, "type": "impact"} for t in ONSETS]
     truth = _clicks(ONSETS)
-    metric.update(truth[None, None], None, [{"category": "impacts", "events": events}])
-    metric.update(torch.zeros(1, 1, truth.numel()), None, [{"category": "unknown", "events": events}])
+    metric.update(truth[None, None], {"meta": [{"category": "impacts", "events": events}]}, SR)
+    metric.update(torch.zeros(1, 1, truth.numel()), {"meta": [{"category": "unknown", "events": events}]}, SR)
     scores = metric.compute()
     assert float(scores["onset_f1/impacts"]) == pytest.approx(1.0)
     assert float(scores["onset_recall/other"]) == 0.0
@@ -121,9 +121,27 @@ def test_per_category_rows_and_other_bucket() -> None:
 
 
 def test_event_type_filter_and_duration_crop() -> None:
-    metric = SyntheticWorldMetric(SR, event_types=["impact"])
+    metric = SyntheticWorldMetric(event_types=["impact"])
     meta = {"events": [{"onset": 0.5, "type": "impact"}, {"onset": 1.0, "type": "ambience"}, {"onset": 9.0, "type": "impact"}]}
     assert metric.reference_onsets(meta, duration=3.0).tolist() == [0.5]
+
+
+def test_defaults_follow_the_synthetic_world_and_seconds_total_cuts_padding() -> None:
+    metric = SyntheticWorldMetric()
+    kinds = ((0.5, "impact"), (1.0, "hit"), (1.5, "tone"), (2.0, "ambience"))
+    assert metric.reference_onsets({"events": [{"onset": t, "type": k} for t, k in kinds]}, 3.0).tolist() == [0.5, 1.0, 1.5]
+    assert not metric.scores_onsets({"events": [{"onset": 0.5, "type": "engine"}]})
+    assert not metric.scores_onsets({"events": [{"onset": 0.5, "type": "rain"}]})
+    # A click in the padding after seconds_total (1 s) is not a detection: precision stays 1
+    # (it would be 1/2 on the whole 2 s).
+    wave = _clicks([0.5, 1.5], seconds=2.0)
+    batch = {"meta": [{"events": [{"onset": 0.5, "type": "impact"}]}], "seconds_total": torch.tensor([1.0])}
+    metric.update(wave[None, None], batch, SR)
+    scores = metric.compute()
+    assert float(scores["onset_precision"]) == 1.0 and float(scores["onset_f1"]) == 1.0
+    whole = SyntheticWorldMetric()
+    whole.update(wave[None, None], {"meta": batch["meta"]}, SR)
+    assert float(whole.compute()["onset_precision"]) == 0.5
 
 
 def test_ild_matches_closed_form_for_constant_gains() -> None:
@@ -170,34 +188,32 @@ def test_pan_correlation_follows_the_ild_trajectory() -> None:
 def test_metric_reports_pan_only_for_stereo_predictions() -> None:
     truth = _panned(0)
     meta = [{"category": "x", "events": []}]
-    metric = SyntheticWorldMetric(SR)
-    metric.update(_panned(3)[None], truth[None], meta)
+    metric = SyntheticWorldMetric()
+    metric.update(_panned(3)[None], {"audio": truth[None], "meta": meta}, SR)
     assert float(metric.compute()["pan_corr"]) > 0.97
-    mono = SyntheticWorldMetric(SR)
-    mono.update(truth.mean(0)[None, None], truth[None], meta)
+    mono = SyntheticWorldMetric()
+    mono.update(truth.mean(0)[None, None], {"audio": truth[None], "meta": meta}, SR)
     assert math.isnan(float(mono.compute()["pan_corr"]))
 
 
 def test_textured_clips_are_left_out_of_onset_scores() -> None:
-    metric = SyntheticWorldMetric(SR, textured_event_types=["rain"])
-    metric.update(torch.zeros(1, 1, SR), None, [{"category": "rain", "events": [{"onset": 0.5, "type": "rain"}]}])
+    metric = SyntheticWorldMetric(textured_event_types=["rain"])
+    metric.update(torch.zeros(1, 1, SR), {"meta": [{"category": "rain", "events": [{"onset": 0.5, "type": "rain"}]}]}, SR)
     scores = metric.compute()
     assert math.isnan(float(scores["onset_f1"])) and float(scores["num_clips"]) == 1
-    metric.update(_clicks([0.5], seconds=1.0)[None, None], None, [{"events": [{"onset": 0.5, "type": "impact"}]}])
+    metric.update(_clicks([0.5], seconds=1.0)[None, None], {"meta": [{"events": [{"onset": 0.5, "type": "impact"}]}]}, SR)
     assert float(metric.compute()["onset_f1"]) == 1.0
 
 
 def test_coincident_reference_onsets_merge_and_clip_start_is_ignored() -> None:
-    metric = SyntheticWorldMetric(SR)
+    metric = SyntheticWorldMetric(event_types=None)  # events without a type count
     meta = {"events": [{"onset": 0.0}, {"onset": 1.0}, {"onset": 1.02}, {"onset": 1.5}]}
     assert metric.reference_onsets(meta, duration=3.0).tolist() == [1.0, 1.5]
 
 
 def test_synthetic_world_ground_truth_scores_high_and_other_seed_low() -> None:
     world = pytest.importorskip("foley.synth.world")
-    from foley.metrics.generation import SyntheticWorldScores
-
-    truth, other = SyntheticWorldScores(categories=world.CATEGORIES), SyntheticWorldScores(categories=world.CATEGORIES)
+    truth, other = SyntheticWorldMetric(categories=world.CATEGORIES), SyntheticWorldMetric(categories=world.CATEGORIES)
     for index in range(12):
         clip = world.render_clip(index, seed=0, seconds=3.0, fps=8, size=32, sample_rate=SR)
         wrong = world.render_clip(index, seed=1, seconds=3.0, fps=8, size=32, sample_rate=SR)

@@ -1,8 +1,11 @@
 """Evaluation metrics: the exact synthetic-world evaluator and the published benchmark metrics.
 
-Heavy evaluators (``panns``, ``vggish``, ``passt``, ``imagebind``, ``synchformer_av``) live in
-their own modules and are imported from there, so importing the metric math never pulls in
-hear21passt or builds a network; this package namespace only exports the metric math.
+Each metric is one torchmetrics ``Metric``: ``SyntheticWorldMetric``, ``ImageBindScore`` and
+``DeSync`` score generated batches directly (``update(generated, batch, sample_rate)``) and
+load their networks from local weight files only when constructed. The audio embedders
+(``panns``, ``vggish``, ``passt``) and the networks (``imagebind``, ``synchformer_av``) live in
+their own modules and are imported from there, so importing this package never pulls in
+hear21passt or builds a network.
 """
 
 from foley.metrics.desync import DeSync

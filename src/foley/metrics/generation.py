@@ -2,14 +2,17 @@
 
 The validation callback and ``foley test`` only know this interface:
 ``update(generated, batch, sample_rate)``, ``compute() -> {name: value}``, ``reset()``.
-Each implementation wraps one torchmetrics ``Metric`` (DDP-correct state sync) and, where
-needed, an :class:`~foley.metrics.embedders.AudioEmbedder`.
+A metric is either itself a torchmetrics ``Metric`` that owns its states and runs its own
+models (:class:`~foley.metrics.synthetic.SyntheticWorldMetric`,
+:class:`~foley.metrics.ib_score.ImageBindScore`, :class:`~foley.metrics.desync.DeSync`), or,
+below, runs an :class:`~foley.metrics.embedders.AudioEmbedder` and feeds torchmetrics
+``Metric`` children (FD, KL, IS); either way the states are reduced over processes.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor, nn
@@ -18,11 +21,9 @@ from foley.metrics.embedders import AudioEmbedder
 from foley.metrics.frechet import FrechetDistance
 from foley.metrics.inception import InceptionScore
 from foley.metrics.kl import PairedKLDivergence
-from foley.metrics.synthetic import OnsetDetector, SyntheticWorldMetric
 
 __all__ = [
     "GenerationMetric",
-    "SyntheticWorldScores",
     "EmbedderScores",
     "EmbeddingFrechetDistance",
     "ClassifierKL",
@@ -31,7 +32,12 @@ __all__ = [
 
 
 class GenerationMetric(nn.Module, ABC):
-    """Scores generated audio ``(B, C, N)`` against a batch dict (architecture §2)."""
+    """Scores generated audio ``(B, C, N)`` against a batch dict (architecture §2).
+
+    A metric that owns its states subclasses a torchmetrics ``Metric`` first, e.g.
+    ``class DeSync(ClipMean, GenerationMetric)``, which provides ``reset`` and the
+    synchronisation of ``compute`` over processes.
+    """
 
     @abstractmethod
     def update(self, generated: Tensor, batch: Mapping[str, Any], sample_rate: int) -> None:
@@ -44,48 +50,6 @@ class GenerationMetric(nn.Module, ABC):
     @abstractmethod
     def reset(self) -> None:
         """Forget all accumulated state."""
-
-
-class SyntheticWorldScores(GenerationMetric):
-    """The exact synthetic-world evaluator (onset P/R/F1, sync offset, pan correlation).
-
-    The defaults match the event types of ``foley.synth``: impacts (bouncing ball), hits
-    (drum) and tones (lamp switching on) have onsets; clips with an engine or rain are
-    textures and only get the stereo scores.
-
-    Args:
-        categories: categories reported separately (as ``<metric>/<category>``).
-        tolerance: onset tolerance in seconds.
-        event_types: event types whose onsets count (``None``: all).
-        textured_event_types: event types that exclude a clip from the onset scores.
-        detector: onset detector settings.
-    """
-
-    def __init__(
-        self,
-        categories: Sequence[str] = (),
-        tolerance: float = 0.05,
-        event_types: Sequence[str] | None = ("impact", "hit", "tone"),
-        textured_event_types: Sequence[str] = ("engine", "rain"),
-        detector: OnsetDetector | None = None,
-    ) -> None:
-        super().__init__()
-        self.metric = SyntheticWorldMetric(
-            categories=categories,
-            tolerance=tolerance,
-            event_types=event_types,
-            textured_event_types=textured_event_types,
-            detector=detector,
-        )
-
-    def update(self, generated: Tensor, batch: Mapping[str, Any], sample_rate: int) -> None:
-        self.metric.update(generated, batch.get("audio"), batch["meta"], batch.get("seconds_total"), sample_rate=sample_rate)
-
-    def compute(self) -> dict[str, Tensor]:
-        return self.metric.compute()
-
-    def reset(self) -> None:
-        self.metric.reset()
 
 
 class _EmbedderMetric(GenerationMetric):

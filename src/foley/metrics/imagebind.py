@@ -1,4 +1,5 @@
-"""ImageBind (huge) audio and vision encoders for the IB-score.
+"""ImageBind (huge) audio and vision encoders for the IB-score
+(:class:`foley.metrics.ib_score.ImageBindScore`).
 
 No maintained package provides ImageBind (PyPI's ``imagebind`` 0.0.1.dev0 is an empty
 placeholder), so this is foley's own implementation of the two branches the IB-score needs.
@@ -36,9 +37,7 @@ Preprocessing (ImageBind's ``data.py``, av-benchmark's IB-score):
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -46,15 +45,12 @@ import torchaudio.compliance.kaldi as kaldi
 from torch import Tensor, nn
 
 from foley.metrics.embedders import AudioEmbedder, check_weights_file, imagebind_clip_starts
-from foley.metrics.generation import GenerationMetric
-from foley.metrics.ib_score import ImageBindScore
 from foley.models.layers import MLP
 
 __all__ = [
     "ImageBind",
     "ImageBindAudioEmbedder",
     "ImageBindVideoEmbedder",
-    "IBScore",
     "imagebind_audio_clips",
     "imagebind_log_mel",
     "imagebind_frames",
@@ -387,64 +383,3 @@ class ImageBindVideoEmbedder(nn.Module):
     def forward(self, frames: Tensor) -> Tensor:
         """``(B, T, 3, H, W)`` frames in [0, 1] at 0.5 fps -> ``(B, D)``."""
         return self.model.embed_windows("vision", imagebind_frame_pairs(imagebind_frames(frames)))
-
-
-class IBScore(GenerationMetric):
-    """IB-score of generated audio against the batch's video (av-benchmark convention).
-
-    The video embedding is taken from ``batch[frames_key]`` (uint8 or [0, 1] frames
-    ``(B, T, 3, H, W)`` at ``frames_fps``), subsampled to 0.5 fps; the audio embedding from
-    the generated audio's three 2 s windows; the score is ``scale`` x their mean cosine.
-
-    Args:
-        weights_path: local ``imagebind_huge.pth``.
-        seconds: cut/pad length of the generated audio (16 kHz) before windowing.
-        frames_key: batch key of the frame stream (the data module's CLIP stream).
-        frames_fps: rate of that stream; must be a multiple of 0.5.
-        scale: multiplier of the mean cosine (100 in the published tables).
-        name: key of the result.
-        model: use this (e.g. tiny, random) model instead of the official one; for tests.
-    """
-
-    def __init__(
-        self,
-        weights_path: str | None = None,
-        seconds: float | None = 8.0,
-        frames_key: str = "clip_frames",
-        frames_fps: float = 8.0,
-        scale: float = 100.0,
-        name: str = "ib_score",
-        model: ImageBind | None = None,
-    ) -> None:
-        super().__init__()
-        step = frames_fps / 0.5
-        if abs(step - round(step)) > 1e-9 or step < 1:
-            raise ValueError(f"IB-score samples frames at 0.5 fps; frames_fps must be a multiple of 0.5, got {frames_fps}")
-        if model is None:
-            path = check_weights_file(weights_path, "ImageBind (huge)", IMAGEBIND_FILE, IMAGEBIND_URL)
-            model = imagebind_from_file(path)
-        # One network serves both branches: the audio and video embedders share it.
-        self.audio = ImageBindAudioEmbedder(seconds=seconds, model=model)
-        self.video = ImageBindVideoEmbedder(model=model)
-        self.step = round(step)
-        self.frames_key = frames_key
-        self.name = name
-        self.metric = ImageBindScore(scale=scale)
-
-    def update(self, generated: Tensor, batch: Mapping[str, Any], sample_rate: int) -> None:
-        frames = batch.get(self.frames_key)
-        if frames is None or frames.dim() != 5:
-            raise ValueError(
-                f"IB-score needs batch[{self.frames_key!r}] frames (B, T, 3, H, W); got "
-                f"{None if frames is None else tuple(frames.shape)}"
-            )
-        frames = frames[:, :: self.step]
-        frames = frames.float() / 255.0 if frames.dtype == torch.uint8 else frames.float()
-        audio_embedding, _ = self.audio.embed(generated, sample_rate)
-        self.metric.update(self.video(frames.to(audio_embedding.device)), audio_embedding)
-
-    def compute(self) -> dict[str, Tensor]:
-        return {self.name: self.metric.compute()}
-
-    def reset(self) -> None:
-        self.metric.reset()

@@ -1,4 +1,5 @@
-"""The audio-visual Synchformer offset classifier, for DeSync.
+"""The audio-visual Synchformer offset classifier, for DeSync
+(:class:`foley.metrics.desync.DeSync`).
 
 Module tree and parameter names reproduce the full AV model of av-benchmark (manifest
 ``synchformer_av.json``: 513 keys, loaded strictly from ``synchformer_state_dict.pth``):
@@ -27,8 +28,7 @@ outputs (no weights were available here).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -37,15 +37,13 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from foley.encoders.synchformer import MotionFormer, _SpatialPool
-from foley.metrics.desync import SYNCHFORMER_OFFSETS, DeSync, offsets_from_logits
-from foley.metrics.embedders import check_weights_file, desync_window_starts, frame_count, resample
-from foley.metrics.generation import GenerationMetric
+from foley.metrics.embedders import check_weights_file, frame_count
 
 __all__ = [
     "SynchformerAV",
     "synchformer_audio_segments",
     "synchformer_video_segments",
-    "DeSyncScore",
+    "synchformer_av_from_file",
     "SYNCHFORMER_FILE",
     "SYNCHFORMER_URL",
 ]
@@ -280,6 +278,23 @@ class SynchformerAV(nn.Module):
         return self.transformer(video, audio)
 
 
+def synchformer_av_from_file(path: str | Path | None) -> SynchformerAV:
+    """The official AV Synchformer from a local ``synchformer_state_dict.pth`` (a flat state
+    dict or one under ``model``), loaded strictly.
+
+    Raises:
+        MissingWeightsError: ``path`` is ``None`` or not a file (the message says where the
+            file is published).
+    """
+    path = check_weights_file(path, "Synchformer (audio-visual)", SYNCHFORMER_FILE, SYNCHFORMER_URL)
+    model = SynchformerAV()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    model.load_state_dict(state, strict=True)
+    return model
+
+
 _MEL: dict[torch.device, nn.Module] = {}
 
 
@@ -309,69 +324,3 @@ def synchformer_video_segments(frames: Tensor) -> Tensor:
     x = (x - 0.5) / 0.5
     index = torch.arange(count, device=frames.device)[:, None] * SEGMENT_STRIDE + torch.arange(SEGMENT_FRAMES, device=frames.device)
     return x[:, index]
-
-
-class DeSyncScore(GenerationMetric):
-    """DeSync of generated audio against the batch's video (``batch["sync_frames"]``, which
-    must be the 25 fps, 224² sync stream of the data module).
-
-    Args:
-        weights_path: local ``synchformer_state_dict.pth``.
-        seconds: evaluated length from the clip start (av-benchmark: 8 s).
-        name: key of the result.
-        model: use this (e.g. tiny, random) model instead of the official one; for tests.
-    """
-
-    def __init__(
-        self, weights_path: str | None = None, seconds: float = 8.0, name: str = "desync", model: SynchformerAV | None = None
-    ) -> None:
-        super().__init__()
-        if model is None:
-            path = check_weights_file(weights_path, "Synchformer (audio-visual)", SYNCHFORMER_FILE, SYNCHFORMER_URL)
-            model = SynchformerAV()
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(state, dict) and isinstance(state.get("model"), dict):
-                state = state["model"]
-            model.load_state_dict(state, strict=True)
-        self.model = model.eval().requires_grad_(False)
-        self.frame_size = model.crop_size
-        self.seconds = seconds
-        self.name = name
-        self.metric = DeSync()
-
-    @torch.no_grad()
-    def offsets(self, generated: Tensor, frames: Tensor, sample_rate: int, duration: float) -> Tensor:
-        """Predicted offsets (seconds) of one clip's DeSync windows: ``(W,)``."""
-        wave = generated.float().mean(dim=0, keepdim=True) if generated.dim() == 2 else generated.float()[None]
-        wave = resample(wave, sample_rate, AUDIO_RATE)
-        duration = min(duration, self.seconds)
-        predictions = []
-        for start in desync_window_starts(duration, WINDOW_SECONDS):
-            a0, f0 = round(start * AUDIO_RATE), round(start * VIDEO_FPS)
-            audio = wave[:, a0 : a0 + round(WINDOW_SECONDS * AUDIO_RATE)]
-            video = frames[None, f0 : f0 + round(WINDOW_SECONDS * VIDEO_FPS)]
-            logits = self.model(synchformer_video_segments(video), synchformer_audio_segments(audio))
-            predictions.append(offsets_from_logits(logits.double(), SYNCHFORMER_OFFSETS)[0])
-        return torch.stack(predictions)
-
-    def update(self, generated: Tensor, batch: Mapping[str, Any], sample_rate: int) -> None:
-        frames = batch.get("sync_frames")
-        if frames is None or frames.shape[-1] != self.frame_size or frames.shape[-2] != self.frame_size:
-            raise ValueError(
-                f"DeSync needs batch['sync_frames'] at 25 fps and {self.frame_size}x{self.frame_size} "
-                f"(set the data module's sync_fps: 25 and sync_size: {self.frame_size}); got "
-                f"{None if frames is None else tuple(frames.shape)}"
-            )
-        for i in range(generated.shape[0]):
-            duration = float(batch["seconds_total"][i]) if "seconds_total" in batch else generated.shape[-1] / sample_rate
-            if duration < WINDOW_SECONDS - 1e-6:
-                key = batch["key"][i] if "key" in batch else f"#{i}"
-                raise ValueError(f"DeSync needs clips of at least {WINDOW_SECONDS} s; clip {key} has {duration:.2f} s")
-            self.metric.update(self.offsets(generated[i], frames[i], sample_rate, duration)[None])
-
-    def compute(self) -> dict[str, Tensor]:
-        return {self.name: self.metric.compute()}
-
-    def reset(self) -> None:
-        self.metric.reset()
-

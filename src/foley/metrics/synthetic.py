@@ -31,6 +31,8 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 from torchmetrics import Metric
 
+from foley.metrics.generation import GenerationMetric
+
 __all__ = [
     "OnsetDetector",
     "OnsetMatch",
@@ -367,15 +369,22 @@ def onset_alignment_by_time(
     return out
 
 
-class SyntheticWorldMetric(Metric):
+class SyntheticWorldMetric(Metric, GenerationMetric):
     """Onset F1, sync offset and stereo-pan agreement against synthetic-world ground truth.
 
-    Rows of every state are ``[overall, *categories, other]``; a clip whose category is not
-    listed goes to ``other``. All states are sums, so DDP reduction is exact.
+    ``update(generated, batch, sample_rate)`` scores generated audio against the events in
+    ``batch["meta"]`` and, for the stereo scores, against ``batch["audio"]`` (when present);
+    ``batch["seconds_total"]`` (when present) cuts off padding. Rows of every state are
+    ``[overall, *categories, other]``; a clip whose category is not listed goes to ``other``.
+    All states are sums, so DDP reduction is exact.
+
+    The defaults match the event types of ``foley.synth``: impacts (bouncing ball), hits
+    (drum) and tones (lamp switching on) have onsets; clips with an engine or rain are
+    textures and only get the stereo scores.
 
     Args:
-        sample_rate: sample rate of the waveforms passed to ``update`` (or give it per call).
-        categories: category names reported separately (``meta["category"]``).
+        categories: category names reported separately (``meta["category"]``), as
+            ``<metric>/<category>``.
         tolerance: onset matching tolerance in seconds (±).
         event_types: event ``type`` values whose onsets count (``None``: all events).
         textured_event_types: event types of continuous textures (engines, rain) whose
@@ -384,6 +393,7 @@ class SyntheticWorldMetric(Metric):
         ignore_start: reference and detected onsets earlier than this (seconds) are ignored:
             a sound already playing when the clip starts has no audible onset.
         detector: onset detector; the default is tuned on impact sounds.
+        kwargs: torchmetrics ``Metric`` options (e.g. ``sync_on_compute``).
     """
 
     full_state_update = False
@@ -391,17 +401,15 @@ class SyntheticWorldMetric(Metric):
 
     def __init__(
         self,
-        sample_rate: int | None = None,
         categories: Sequence[str] = (),
         tolerance: float = 0.05,
-        event_types: Sequence[str] | None = None,
-        textured_event_types: Sequence[str] = (),
+        event_types: Sequence[str] | None = ("impact", "hit", "tone"),
+        textured_event_types: Sequence[str] = ("engine", "rain"),
         ignore_start: float = 0.02,
         detector: OnsetDetector | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.sample_rate = None if sample_rate is None else int(sample_rate)
         self.categories = list(categories)
         self.tolerance = float(tolerance)
         self.event_types = None if event_types is None else set(event_types)
@@ -438,30 +446,26 @@ class SyntheticWorldMetric(Metric):
         """Whether a clip's onsets are scored (it holds no textured event)."""
         return not any(event.get("type") in self.textured_event_types for event in meta.get("events", []))
 
-    def update(
-        self,
-        preds: Tensor,
-        target: Tensor | None,
-        meta: Sequence[Mapping[str, Any]],
-        seconds_total: Tensor | Sequence[float] | None = None,
-        sample_rate: int | None = None,
-    ) -> None:
+    def update(self, generated: Tensor, batch: Mapping[str, Any], sample_rate: int) -> None:
         """Score a batch.
 
         Args:
-            preds: generated audio (B, C, N) or (B, N), C = 1 or 2.
-            target: ground-truth audio (B, 2, N') used for the stereo scores (``None``: skip them).
-            meta: per-clip metadata with ``events`` and ``category``.
-            seconds_total: unpadded clip durations; audio beyond them is ignored.
-            sample_rate: sample rate of ``preds``/``target`` (default: the constructor's).
+            generated: generated audio (B, C, N) or (B, N), C = 1 or 2.
+            batch: the batch it was generated from: ``meta`` (per-clip metadata with
+                ``events`` and ``category``), optionally ``audio`` (ground truth (B, 2, N')
+                for the stereo scores; absent: no stereo scores) and ``seconds_total``
+                (unpadded clip durations; audio beyond them is ignored).
+            sample_rate: sample rate of ``generated`` and ``batch["audio"]``.
         """
-        sr = sample_rate or self.sample_rate
-        if sr is None:
-            raise ValueError("SyntheticWorldMetric needs a sample_rate (constructor or update argument)")
+        sr = int(sample_rate)
+        meta = batch["meta"]
+        target = batch.get("audio")
+        seconds_total = batch.get("seconds_total")
+        preds = generated
         if preds.dim() == 2:
             preds = preds[:, None]
         if preds.dim() != 3 or preds.shape[0] != len(meta):
-            raise ValueError(f"preds must be (B, C, N) with B = len(meta) = {len(meta)}, got {tuple(preds.shape)}")
+            raise ValueError(f"generated must be (B, C, N) with B = len(meta) = {len(meta)}, got {tuple(preds.shape)}")
         preds = preds.detach().float().cpu()
         target = None if target is None else target.detach().float().cpu()
         for i, clip_meta in enumerate(meta):

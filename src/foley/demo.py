@@ -22,6 +22,7 @@ used by the test suite.
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import json
 import logging
 import os
@@ -41,7 +42,22 @@ from foley.io.shards import list_shards
 
 logger = logging.getLogger(__name__)
 
-REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+def config_file(name: str) -> Path:
+    """Path of a config shipped with foley, e.g. ``"tiny/stage2.yaml"``.
+
+    The repository's ``configs/`` folder is installed as the package ``foley.configs``
+    (setup.cfg), so this finds it from a wheel as from an editable install, whatever the
+    working directory.
+
+    Raises:
+        FileNotFoundError: foley ships no such config.
+    """
+    path = importlib.resources.files("foley.configs").joinpath(name)
+    # The `foley` subprocesses need a real file: installs are unpacked folders, never zips.
+    if not isinstance(path, Path) or not path.is_file():
+        raise FileNotFoundError(f"foley ships no config {name!r} (looked for {path})")
+    return path
 
 
 @dataclass
@@ -139,7 +155,7 @@ def _fit(config: str | list[str], run_dir: Path, epochs: int, settings: DemoSett
          extra: list[str], log: Path) -> Path:
     """``foley fit`` with ``config`` (or several stacked overlays) and the demo's data and epochs."""
     configs = [config] if isinstance(config, str) else config
-    args = ["fit", *[arg for name in configs for arg in ("--config", str(REPO_CONFIGS / name))],
+    args = ["fit", *[arg for name in configs for arg in ("--config", str(config_file(name)))],
             f"--data.init_args.train_shards={data['train']}", f"--data.init_args.val_shards={data['val']}",
             f"--data.init_args.clip_seconds={settings.seconds}",
             f"--trainer.default_root_dir={run_dir}", f"--trainer.max_epochs={epochs}",
@@ -330,7 +346,7 @@ def run(settings: DemoSettings) -> dict:
     features = {}
     for split in ("train", "val"):
         features[split] = out / "features" / split
-        _foley("extract", "--fit_config", str(REPO_CONFIGS / "tiny/stage2.yaml"), "--shards", str(data[split]),
+        _foley("extract", "--fit_config", str(config_file("tiny/stage2.yaml")), "--shards", str(data[split]),
                "--out", str(features[split]), "--codec_checkpoint", str(codec),
                "--overrides", json.dumps([f"--data.init_args.clip_seconds={settings.seconds}"]),
                "--num_workers", "0", "--accelerator", "cpu", "--devices", "1", "--overwrite", "true", log=log)

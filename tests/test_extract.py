@@ -10,8 +10,7 @@ import torch
 
 from foley.extract import done_keys, extract
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stage2_parts import save_tiny_codec  # noqa: E402
+from helpers.stage2_parts import save_tiny_codec
 
 CONFIG = "configs/tiny/stage2.yaml"
 

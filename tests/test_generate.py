@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _pipeline_fakes import tiny_pipeline  # noqa: E402
+from helpers.pipeline_fakes import tiny_pipeline
 
 from foley.generate import collect_videos, generate, generate_with  # noqa: E402
 from foley.io.media import decode_audio_track, read_audio, write_video  # noqa: E402

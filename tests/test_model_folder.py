@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import pickle
-import sys
 import time
 from pathlib import Path
 
@@ -16,9 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _pipeline_fakes import event_video  # noqa: E402
-from _tiny_pipeline import tiny_real_pipeline  # noqa: E402
+from helpers.pipeline_fakes import event_video
+from helpers.tiny_pipeline import tiny_real_pipeline
 
 from foley import FoleyPipeline  # noqa: E402
 from foley.model_folder import FORMAT_VERSION, ModelFolderError  # noqa: E402
@@ -272,7 +270,7 @@ def test_stored_encoder_copies(tmp_path: Path, video: Path) -> None:
     """Encoders read from their own files are references by default, copies with store_encoders."""
     from foley.encoders import SynchformerEncoder
 
-    from _tiny_pipeline import SYNC_ARGS
+    from helpers.tiny_pipeline import SYNC_ARGS
 
     pipeline = _pipeline()
     weights = tmp_path / "synchformer_state_dict.pth"

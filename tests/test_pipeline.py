@@ -1,15 +1,13 @@
 """FoleyPipeline: exact output length, windowed long videos stay aligned, segment handling."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _pipeline_fakes import event_video, tiny_pipeline  # noqa: E402
+from helpers.pipeline_fakes import event_video, tiny_pipeline
 
 from foley.io.video import VideoError  # noqa: E402
 

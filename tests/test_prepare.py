@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,14 +12,9 @@ from foley.data_modules import FoleyDataModule
 from foley.io.media import decode_audio_track, write_video
 from foley.io.video import VideoFile
 from foley.prepare import REPORT_NAME, prepare
+from helpers import clips  # frame index coded in colour, shared with the data-module tests
 
 SR = 44100
-
-
-# Frame-index colour coding shared with the data-module tests.
-_spec = importlib.util.spec_from_file_location("foley_test_clips", Path(__file__).parent / "data_modules" / "_clips.py")
-clips = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(clips)
 
 
 def _tone(channels: int, seconds: float, rate: int) -> np.ndarray:

@@ -25,8 +25,7 @@ import torch
 
 from foley.cli import main
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stage2_parts import save_tiny_codec  # noqa: E402
+from helpers.stage2_parts import save_tiny_codec
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs/tiny/stage2.yaml")

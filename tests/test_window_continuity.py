@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _pipeline_fakes import event_video  # noqa: E402
-from _tiny_pipeline import tiny_real_pipeline  # noqa: E402
+from helpers.pipeline_fakes import event_video
+from helpers.tiny_pipeline import tiny_real_pipeline
 
 SR = 44100
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
+
+from helpers import clips
 
 SCRIPT = textwrap.dedent(
     """
@@ -51,9 +51,6 @@ SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_ddp_ranks_read_disjoint_samples(tmp_path):
-    spec = importlib.util.spec_from_file_location("foley_test_clips", Path(__file__).with_name("_clips.py"))
-    clips = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(clips)
     shards = tmp_path / "shards"
     clips.write_shards(shards, [clips.make_clip(1.0, 25, key=f"k{i}") for i in range(6)], shard_size=3)
     script = tmp_path / "ddp.py"

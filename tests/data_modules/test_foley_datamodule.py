@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import logging
@@ -17,12 +16,8 @@ from foley.data_modules import FoleyDataModule, describe_batch
 from foley.data_modules.foley_datamodule import EmptyDatasetError
 from foley.io.media import resample
 from foley.io.shards import ShardWriter
+from helpers import clips  # frame index coded in colour, exact ground truth
 
-
-# Shared test clips (frame index coded in colour); loaded by path because tests are not a package.
-_spec = importlib.util.spec_from_file_location("foley_test_clips", Path(__file__).with_name("_clips.py"))
-clips = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(clips)
 SR = 44100
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 from fractions import Fraction
-from pathlib import Path
 
 import av
 import numpy as np
@@ -14,12 +12,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from foley.io.media import encode_video_bytes, write_video
 from foley.io.video import VideoError, VideoFile, probe_video, read_frames_at, resize_frames, stream_length, stream_times
-
-
-# Shared test clips (frame index coded in colour); loaded by path because tests are not a package.
-_spec = importlib.util.spec_from_file_location("foley_test_clips", Path(__file__).with_name("_clips.py"))
-clips = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(clips)
+from helpers import clips  # frame index coded in colour, exact ground truth
 
 
 @pytest.mark.parametrize("source_fps", [Fraction(30000, 1001), Fraction(60), Fraction(25)])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 from fractions import Fraction
 from pathlib import Path
@@ -13,11 +12,9 @@ import pytest
 
 from foley.io.media import encode_video_bytes
 from foley.io.video import VideoError, VideoFile, probe_video, read_frames_at, stream_times
+from helpers import clips
+from helpers import pipeline_fakes as fakes
 
-# Frame index coded in colour (tests/data_modules/_clips.py); loaded by path because tests are not a package.
-_spec = importlib.util.spec_from_file_location("foley_test_clips", Path(__file__).parents[1] / "data_modules" / "_clips.py")
-clips = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(clips)
 SR = 44100
 
 
@@ -215,9 +212,6 @@ def test_prepare_cuts_tiny_and_odd_videos(tmp_path: Path) -> None:
 def test_generate_times_a_tiny_video_like_any_other(tmp_path: Path) -> None:
     """foley generate's frame loading on 16 x 16 and 17 x 31 videos: the stand-in generator
     clicks at every frame change, so the output's onsets are the video's event times."""
-    spec = importlib.util.spec_from_file_location("foley_pipeline_fakes", Path(__file__).parents[1] / "_pipeline_fakes.py")
-    fakes = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fakes)
     from foley.generate import generate_with
     from foley.io.media import read_audio
 

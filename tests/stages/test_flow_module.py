@@ -2,8 +2,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,8 +11,7 @@ from foley.flow import FlowMatching
 from foley.models.mmdit import MMDiT
 from foley.stages.flow_module import FlowModule
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _stage2_parts import save_tiny_codec, tiny_codec  # noqa: E402
+from helpers.stage2_parts import save_tiny_codec, tiny_codec
 
 SR = 44100
 CLIP_CONFIG = {

@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _pipeline_fakes import FakeCodec, panned_batch  # noqa: E402
+from helpers.pipeline_fakes import FakeCodec, panned_batch
 
 from foley.metrics.synthetic import pan_correlation  # noqa: E402
 from foley.models.mono2stereo import Mono2Stereo  # noqa: E402

@@ -225,7 +225,6 @@ def _score_stage3_alone(stereo_ckpt: Path, codec_ckpt: Path, test_shards: Path, 
     categories = sorted({meta["category"] for batch in batches for meta in batch["meta"]})
     metric = SyntheticWorldMetric(categories=categories)
     for batch in batches:
-        batch = {**batch, "audio_mono": batch["audio"].mean(1)}
         metric.update(stereo.generate(batch), batch, stereo.sample_rate)
     return {k: float(v) for k, v in metric.compute().items() if k.startswith(("pan_corr", "ild_mae"))}
 

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from foley.batch import collate_examples
 from foley.io.decoded_frames import DecodedFrames
 from foley.io.video import VideoError, VideoFile, resize_frames, stream_length
 from foley.pipeline_settings import Continuity, GenerationDefaults, PipelineSettings, Sampler
@@ -244,31 +245,21 @@ class FoleyPipeline(nn.Module):
 
     def _window_batch(self, video: VideoFile | DecodedFrames | None, starts: list[float], length: int,
                       prompt: str | None, name: str) -> dict[str, Any]:
+        """The batch of docs/architecture.md §2 for windows of ``length`` samples at ``starts`` (no target audio)."""
         s = self.settings
         seconds = length / s.sample_rate
-        b = len(starts)
-        batch: dict[str, Any] = {
-            "audio_mask": torch.ones(b, length, dtype=torch.bool),
-            "caption": [prompt or ""] * b,
+        examples: list[dict[str, Any]] = []
+        for t in starts:
             # Each window is presented as a clip of its own, like the training crops.
-            "seconds_start": torch.zeros(b),
-            "seconds_total": torch.full((b,), seconds),
-            "key": [f"{name}@{t:.3f}" for t in starts],
-            "meta": [{} for _ in starts],
-        }
-        if video is None:
-            # Text only: without frame streams the generator uses its learned "no video"
-            # placeholders (trained by modality dropout) and stage 3 its "no video" column.
-            return batch
-        clip = [self._stream(video, t, seconds, s.clip_fps, s.clip_size, s.clip_crop) for t in starts]
-        sync = [self._stream(video, t, seconds, s.sync_fps, s.sync_size, "center") for t in starts]
-        batch.update({
-            "clip_frames": torch.stack(clip),
-            "clip_mask": torch.ones(b, clip[0].shape[0], dtype=torch.bool),
-            "sync_frames": torch.stack(sync),
-            "sync_mask": torch.ones(b, sync[0].shape[0], dtype=torch.bool),
-        })
-        return batch
+            example: dict[str, Any] = {"num_samples": length, "caption": prompt or "", "seconds_start": 0.0,
+                                       "seconds_total": seconds, "key": f"{name}@{t:.3f}", "meta": {}}
+            # Text only (no video): without frame streams the generator uses its learned "no
+            # video" placeholders (trained by modality dropout) and stage 3 its "no video" column.
+            if video is not None:
+                example["clip_frames"] = self._stream(video, t, seconds, s.clip_fps, s.clip_size, s.clip_crop)
+                example["sync_frames"] = self._stream(video, t, seconds, s.sync_fps, s.sync_size, "center")
+            examples.append(example)
+        return collate_examples(examples)
 
     def _groups(self, windows: list[Window]) -> list[list[Window]]:
         """Windows per generator call: one at a time when inpainting (each needs its predecessor),

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchaudio.functional as AF
 from torch import Tensor, nn
 
 
@@ -126,19 +125,13 @@ def panned_batch(
         for k in range(t_frames):
             col = int(round((x0 + (x1 - x0) * (k / fps) / seconds) * (size - 6)))
             frames[i, k, :, row : row + 6, col : col + 6] = 255
-    audio_t = torch.from_numpy(audio)
-    return {
-        "audio": audio_t,
-        "audio_mono": audio_t.mean(1),
-        "audio_mask": torch.ones(count, n, dtype=torch.bool),
-        "sync_frames": torch.from_numpy(frames),
-        "sync_mask": torch.ones(count, t_frames, dtype=torch.bool),
-        "caption": [""] * count,
-        "seconds_start": torch.zeros(count),
-        "seconds_total": torch.full((count,), seconds),
-        "key": [f"pan-{seed}-{i}" for i in range(count)],
-        "meta": [{} for _ in range(count)],
-    }
+    from foley.batch import collate_examples
+
+    return collate_examples([
+        {"audio": torch.from_numpy(audio[i]), "sync_frames": torch.from_numpy(frames[i]), "caption": "",
+         "seconds_start": 0.0, "seconds_total": seconds, "key": f"pan-{seed}-{i}", "meta": {}}
+        for i in range(count)
+    ])
 
 
 def tiny_pipeline(window_seconds: float = 8.0, overlap_seconds: float = 1.0, continuity: str = "inpaint"):

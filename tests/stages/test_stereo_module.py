@@ -144,7 +144,7 @@ def test_a_given_mono_mel_is_panned_directly_without_re_analysis() -> None:
     torch.testing.assert_close(stereo[:, 0], expected, rtol=0, atol=0)
     torch.testing.assert_close(stereo[:, 1], expected, rtol=0, atol=0)
     # The old route (vocode, re-analyse, pan, vocode again) gives something else.
-    resynth = module.generate({"audio_mono": module.codec.vocode(mel[..., :4])[..., :n]})
+    resynth = module.generate({"audio_mono": module.codec.vocode(mel[..., :4])[..., :n], "audio_mask": batch["audio_mask"]})
     assert not torch.allclose(resynth, stereo, atol=1e-3)
     # STFT rendering from a mel alone vocodes the mono once; centred, both ears are that signal.
     module.render = "stft"

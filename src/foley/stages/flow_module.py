@@ -177,7 +177,7 @@ class FlowModule(LightningModule):
                 if f"{name}_features" in batch:
                     features, mask = batch[f"{name}_features"], batch.get(f"{name}_features_mask")
                 elif encoder is not None and frames_key in batch:
-                    features, mask = encoder(batch[frames_key], batch.get(mask_key))
+                    features, mask = encoder(batch[frames_key], batch[mask_key])
                 out[name], out[f"{name}_mask"] = self._checked(features, mask)
             features, mask = None, None
             if "text_features" in batch:
@@ -201,7 +201,8 @@ class FlowModule(LightningModule):
         """Normalised codec latents ``(B, T, C)`` of the batch audio and their mask ``(B, T)``.
 
         Uses ``batch["latent"]`` (and ``latent_std`` when ``sample``, drawing from ``generator``)
-        from feature shards when present, otherwise runs the frozen codec on ``audio_mono``.
+        from feature shards when present, otherwise runs the frozen codec on ``audio_mono``
+        (zero on padding).
         """
         if "latent" in batch:
             latent = batch["latent"].float()
@@ -209,9 +210,7 @@ class FlowModule(LightningModule):
                 noise = torch.randn(latent.shape, generator=generator, device=latent.device, dtype=latent.dtype)
                 latent = latent + batch["latent_std"].float() * noise
         else:
-            audio = batch["audio_mono"] if "audio_mono" in batch else batch["audio"].mean(dim=1)
-            if "audio_mask" in batch:
-                audio = audio * batch["audio_mask"].to(audio.dtype)
+            audio = batch["audio_mono"] * batch["audio_mask"].to(batch["audio_mono"].dtype)
             # The latents are the regression targets: keep the codec in fp32 under bf16 autocast.
             with torch.no_grad(), torch.autocast(device_type=audio.device.type, enabled=False):
                 latent = self.codec.encode(audio.float()).transpose(1, 2)
@@ -224,17 +223,9 @@ class FlowModule(LightningModule):
         return torch.arange(length, device=frames.device)[None] < frames[:, None]
 
     @staticmethod
-    def _seconds_start(batch: Mapping[str, Any]) -> Tensor:
-        # A batch built by hand (inference on a whole video) may leave the crop start out.
-        if "seconds_start" in batch:
-            return batch["seconds_start"]
-        return torch.zeros_like(batch["seconds_total"])
-
-    def sample_counts(self, batch: Mapping[str, Any]) -> Tensor:
-        """Real audio samples per batch item: from ``audio_mask``, else ``seconds_total · sr``."""
-        if "audio_mask" in batch:
-            return batch["audio_mask"].sum(dim=1).long()
-        return torch.round(batch["seconds_total"].double() * self.sample_rate).long()
+    def sample_counts(batch: Mapping[str, Any]) -> Tensor:
+        """Real audio samples per batch item (``audio_mask``)."""
+        return batch["audio_mask"].sum(dim=1).long()
 
     @staticmethod
     def drop_flags(conditions: Conditions, dropout: Tensor | None = None) -> dict[str, Tensor | None]:
@@ -285,7 +276,7 @@ class FlowModule(LightningModule):
         """Precomputed features cover whole extracted clips; the audio crop must be that clip."""
         if "latent" not in batch:
             return
-        starts = self._seconds_start(batch).tolist()
+        starts = batch["seconds_start"].tolist()
         totals = batch["seconds_total"].tolist()
         metas = batch.get("meta") or [{}] * len(totals)
         for key, start, total, meta in zip(batch.get("key", [""] * len(totals)), starts, totals, metas):
@@ -317,7 +308,7 @@ class FlowModule(LightningModule):
         p = self.cond_dropout if dropout is None else dropout
         draws = torch.rand(len(MODALITIES), batch_size, device=device, generator=generator)
         flags = self.drop_flags(conditions, draws < p)
-        seconds_start = self._seconds_start(batch).to(device).float()
+        seconds_start = batch["seconds_start"].to(device).float()
         seconds_total = batch["seconds_total"].to(device).float()
 
         def velocity(x_t: Tensor, times: Tensor) -> Tensor:
@@ -427,12 +418,12 @@ class FlowModule(LightningModule):
         method = self.sampler if method is None else method
         counts = self.sample_counts(batch).to(self.device)
         batch_size = counts.shape[0]
-        length = self._latent_length(batch, counts)
+        length = math.ceil(int(batch["audio_mask"].shape[1]) / self.samples_per_latent)
         conditions = {k: (v.to(self.device) if v is not None else None) for k, v in self.encode_conditions(batch).items()}
         frames = torch.div(counts + self.samples_per_latent - 1, self.samples_per_latent, rounding_mode="floor")
         mask = torch.arange(length, device=self.device)[None] < frames[:, None]
         common = {
-            "seconds_start": self._seconds_start(batch).to(self.device).float(),
+            "seconds_start": batch["seconds_start"].to(self.device).float(),
             "seconds_total": batch["seconds_total"].to(self.device).float(),
             "audio_mask": mask,
         }
@@ -465,14 +456,6 @@ class FlowModule(LightningModule):
             uncond_velocity_fn=(lambda x, t: network(x, t, **uncond)) if guided else None, **inpaint,
         )
 
-    def _latent_length(self, batch: Mapping[str, Any], counts: Tensor) -> int:
-        total = self._padded_samples(batch, counts)
-        return math.ceil(total / self.samples_per_latent)
-
-    @staticmethod
-    def _padded_samples(batch: Mapping[str, Any], counts: Tensor) -> int:
-        return int(batch["audio_mask"].shape[1]) if "audio_mask" in batch else int(counts.max())
-
     @torch.no_grad()
     def latent_mel(self, latent: Tensor) -> Tensor:
         """Normalised latents ``(B, T, C)`` → the codec's log-mel ``(B, n_mels, 2T)`` (fp32)."""
@@ -503,13 +486,12 @@ class FlowModule(LightningModule):
     ) -> Tensor:
         """Generate mono waveforms ``(B, 1, N)`` in [-1, 1] for a batch.
 
-        ``N`` is the batch's padded audio length (``audio_mask``) or the longest
-        ``seconds_total · sample_rate``; each sample is exactly as long as its own duration
-        and zero after it. Latents come from :meth:`generate_latents` (same arguments), mels
+        ``N`` is the batch's padded audio length (``audio_mask``); each sample is exactly as
+        long as its own duration and zero after it. Latents come from :meth:`generate_latents` (same arguments), mels
         from :meth:`latent_mel`, waveforms from the codec's vocoder.
         """
         counts = self.sample_counts(batch).to(self.device)
-        total = self._padded_samples(batch, counts)
+        total = int(batch["audio_mask"].shape[1])
         mel = self.generate_mel(batch, steps=steps, cfg=cfg, seed=seed, negative_prompt=negative_prompt, method=method,
                                 noise=noise, known=known, known_mask=known_mask)
         with torch.autocast(device_type=mel.device.type, enabled=False):

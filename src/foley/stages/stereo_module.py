@@ -143,8 +143,7 @@ class StereoModule(LightningModule):
     def _frames(self, batch: Mapping[str, Any]) -> tuple[Tensor | None, Tensor | None]:
         if self.video_stream == "none" or f"{self.video_stream}_frames" not in batch:
             return None, None
-        mask = batch.get(f"{self.video_stream}_mask")
-        return batch[f"{self.video_stream}_frames"].to(self.device), None if mask is None else mask.to(self.device)
+        return batch[f"{self.video_stream}_frames"].to(self.device), batch[f"{self.video_stream}_mask"].to(self.device)
 
     def _mel(self, wave: Tensor) -> Tensor:
         """``(B, N)`` → ``(B, n_mels, ceil(N / hop))`` log-mel (the tail is zero-padded to a whole frame)."""
@@ -243,30 +242,21 @@ class StereoModule(LightningModule):
         The mono source is ``batch["mel_mono"]`` ``(B, n_mels, F)`` when present — the
         stage-2 generator's own log-mel (:meth:`FlowModule.generate_mel`), so nothing is
         vocoded and re-analysed before panning — otherwise the log-mel of
-        ``batch["audio_mono"]`` ``(B, N)``. ``N`` is ``audio_mono``'s length, else
-        ``audio_mask``'s, else ``F · hop``. A given mel is cut to the ``ceil(N / hop)`` frames
-        the codec's mel of ``N`` samples has (the generator's mel covers whole latent frames),
-        so the network sees the frame grid it was trained on.
+        ``batch["audio_mono"]`` ``(B, N)``, with ``N`` the length of ``batch["audio_mask"]``
+        (every batch of :func:`foley.batch.collate_examples` has it). A given mel is cut to the
+        ``ceil(N / hop)`` frames the codec's mel of ``N`` samples has (the generator's mel covers
+        whole latent frames), so the network sees the frame grid it was trained on.
 
         With ``render="vocoder"`` each ear's mel is rendered by the codec's vocoder; with
         ``render="stft"`` the pan ratios are applied to the STFT of the mono waveform
         (``audio_mono``, or the vocoded ``mel_mono`` when only the mel is given). Either way the
         result has exactly ``N`` samples.
         """
-        mono = batch.get("audio_mono")
-        if mono is not None:
-            if mono.dim() == 3 and mono.shape[1] == 1:
-                mono = mono.squeeze(1)
-            mono = mono.to(self.device).float()
+        mono = batch["audio_mono"].to(self.device).float() if "audio_mono" in batch else None
         hop = int(self.codec.hop_length)
+        n = int(batch["audio_mask"].shape[-1])
         if "mel_mono" in batch:
             mono_mel = batch["mel_mono"].to(self.device).float()
-            if mono is not None:
-                n = mono.shape[-1]
-            elif "audio_mask" in batch:
-                n = int(batch["audio_mask"].shape[-1])
-            else:
-                n = mono_mel.shape[-1] * hop
             frames_needed = math.ceil(n / hop)
             if mono_mel.shape[-1] < frames_needed:
                 raise ValueError(
@@ -275,7 +265,6 @@ class StereoModule(LightningModule):
                 )
             mono_mel = mono_mel[..., :frames_needed]
         elif mono is not None:
-            n = mono.shape[-1]
             mono_mel = self._mel(mono)
         else:
             raise KeyError("StereoModule.generate needs batch['mel_mono'] or batch['audio_mono']")

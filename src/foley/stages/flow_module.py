@@ -5,6 +5,9 @@ the trainable network; the losses and samplers live in :class:`foley.flow.FlowMa
 Batches follow docs/architecture.md §2. When a batch carries precomputed members from
 ``foley extract`` shards (``latent``, ``latent_std``, ``clip_features``, ...), those are
 used instead of running the frozen models.
+
+Condition encoding, CFG flags and the provenance checks of precomputed features are in
+:mod:`foley.stages.conditions`, the weight average in :mod:`foley.stages.ema`.
 """
 from __future__ import annotations
 
@@ -21,14 +24,14 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from foley.flow import FlowMatching
+from foley.stages import conditions as cond_lib
+from foley.stages.conditions import MODALITIES, Conditions
+from foley.stages.ema import ema_decay, update_ema
 from foley.stages.training_rng import StepGenerator
 
 __all__ = ["FlowModule", "Conditions"]
 
 logger = logging.getLogger(__name__)
-
-Conditions = dict[str, Tensor | None]
-MODALITIES = ("clip", "sync", "text")
 # Frozen submodules; their weights are left out of checkpoints when they come from their own files.
 FROZEN = ("codec", "clip_encoder", "sync_encoder", "text_encoder")
 
@@ -165,36 +168,9 @@ class FlowModule(LightningModule):
 
         Returns:
             ``{"clip", "clip_mask", "sync", "sync_mask", "text", "text_mask"}``; a modality
-            without features or encoder is ``None``.
+            without features or encoder is ``None`` (:func:`foley.stages.conditions.encode_conditions`).
         """
-        out: Conditions = {}
-        with torch.no_grad():
-            for name, frames_key, mask_key, encoder in (
-                ("clip", "clip_frames", "clip_mask", self.clip_encoder),
-                ("sync", "sync_frames", "sync_mask", self.sync_encoder),
-            ):
-                features, mask = None, None
-                if f"{name}_features" in batch:
-                    features, mask = batch[f"{name}_features"], batch.get(f"{name}_features_mask")
-                elif encoder is not None and frames_key in batch:
-                    features, mask = encoder(batch[frames_key], batch[mask_key])
-                out[name], out[f"{name}_mask"] = self._checked(features, mask)
-            features, mask = None, None
-            if "text_features" in batch:
-                features, mask = batch["text_features"], batch.get("text_features_mask")
-            elif self.text_encoder is not None and "caption" in batch:
-                features, mask = self.text_encoder(list(batch["caption"]))
-            out["text"], out["text_mask"] = self._checked(features, mask)
-        return out
-
-    @staticmethod
-    def _checked(features: Tensor | None, mask: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
-        if features is None or features.shape[1] == 0:
-            # e.g. a clip shorter than one CLIP frame: treat the modality as absent.
-            return None, None
-        if mask is None:
-            mask = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
-        return features.float(), mask.bool()
+        return cond_lib.encode_conditions(batch, self.clip_encoder, self.sync_encoder, self.text_encoder)
 
     def encode_latents(self, batch: Mapping[str, Any], sample: bool = False,
                        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -230,63 +206,16 @@ class FlowModule(LightningModule):
     @staticmethod
     def drop_flags(conditions: Conditions, dropout: Tensor | None = None) -> dict[str, Tensor | None]:
         """Per-modality ``drop_*`` flags: dropped by CFG dropout, or no real token at all."""
-        flags: dict[str, Tensor | None] = {}
-        for index, name in enumerate(MODALITIES):
-            mask = conditions[f"{name}_mask"]
-            if mask is None:
-                flags[f"drop_{name}"] = None
-                continue
-            drop = ~mask.any(dim=1)
-            if dropout is not None:
-                drop = drop | dropout[index].to(drop.device)
-            flags[f"drop_{name}"] = drop
-        return flags
+        return cond_lib.drop_flags(conditions, dropout)
 
     def encoder_fingerprints(self) -> dict[str, str]:
         """Weight fingerprints of the frozen codec and condition encoders (``foley extract``
-        records them with the features; training on features checks them, see :meth:`_check_features`)."""
+        records them with the features; training on features checks them)."""
         if self._fingerprints is None:
-            from foley.encoders.fingerprint import weights_fingerprint
-
-            modules = {"codec": self.codec, "clip": self.clip_encoder, "sync": self.sync_encoder, "text": self.text_encoder}
-            self._fingerprints = {name: weights_fingerprint(m) for name, m in modules.items() if m is not None}
-        return self._fingerprints
-
-    def _check_features(self, batch: Mapping[str, Any]) -> None:
-        """Precomputed features must come from this module's own frozen encoders: generation
-        encodes the video with them, so features from other weights (another checkpoint, or
-        tiny encoders initialised from another seed) train a model that fails at inference."""
-        metas = batch.get("meta") or []
-        recorded = next((m["extracted"]["encoders"] for m in metas if (m or {}).get("extracted", {}).get("encoders")), None)
-        if recorded is None:
-            return
-        present = {"codec": "latent" in batch, **{name: f"{name}_features" in batch for name in ("clip", "sync", "text")}}
-        own = self.encoder_fingerprints()
-        wrong = [name for name, used in present.items() if used and name in recorded and name in own and recorded[name] != own[name]]
-        if wrong:
-            key = batch.get("key", ["?"])[0]
-            raise ValueError(
-                f"sample {key!r}: its precomputed {', '.join(wrong)} features were extracted with different "
-                f"weights than this model's {', '.join(wrong)} (fingerprints {[recorded[n] for n in wrong]} vs "
-                f"{[own[n] for n in wrong]}); generation would encode videos differently from training. Re-run "
-                "`foley extract` with this same config, checkpoints and seed_everything"
+            self._fingerprints = cond_lib.encoder_fingerprints(
+                {"codec": self.codec, "clip": self.clip_encoder, "sync": self.sync_encoder, "text": self.text_encoder}
             )
-
-    def _check_crop(self, batch: Mapping[str, Any]) -> None:
-        """Precomputed features cover whole extracted clips; the audio crop must be that clip."""
-        if "latent" not in batch:
-            return
-        starts = batch["seconds_start"].tolist()
-        totals = batch["seconds_total"].tolist()
-        metas = batch.get("meta") or [{}] * len(totals)
-        for key, start, total, meta in zip(batch.get("key", [""] * len(totals)), starts, totals, metas):
-            extracted = (meta or {}).get("extracted", {}).get("seconds", total)
-            if start > 0 or abs(extracted - total) > 1e-3:
-                raise ValueError(
-                    f"sample {key!r}: precomputed features cover the whole extracted clip ({extracted:.3f} s) "
-                    f"but the DataModule cropped {total:.3f} s from {start:.3f} s; read feature shards with "
-                    "clip_seconds at least as long as the extracted clips, min_seconds: null and load_video: false"
-                )
+        return self._fingerprints
 
     # ------------------------------------------------------------------ training
     def loss(self, batch: Mapping[str, Any], network: nn.Module | None = None, dropout: float | None = None,
@@ -298,8 +227,8 @@ class FlowModule(LightningModule):
         seed; all come from ``generator`` (the global RNG when ``None``).
         """
         network = self.network if network is None else network
-        self._check_crop(batch)
-        self._check_features(batch)
+        cond_lib.check_feature_crop(batch)
+        cond_lib.check_feature_provenance(batch, self.encoder_fingerprints)
         x1, mask = self.encode_latents(batch, sample=sample_posterior, generator=generator)
         conditions = self.encode_conditions(batch)
         batch_size, device = x1.shape[0], x1.device
@@ -345,16 +274,8 @@ class FlowModule(LightningModule):
     @torch.no_grad()
     def update_ema(self, step: int) -> None:
         """Fold the current network weights into the EMA (buffers are copied)."""
-        if self.ema_network is None:
-            return
-        decay = self.ema_decay
-        if self.ema_warmup:
-            decay = min(decay, (1 + step) / (10 + step))
-        ema_params = list(self.ema_network.parameters())
-        params = [p.detach().to(e.dtype) for p, e in zip(self.network.parameters(), ema_params)]
-        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
-        for ema_buffer, buffer in zip(self.ema_network.buffers(), self.network.buffers()):
-            ema_buffer.copy_(buffer)
+        if self.ema_network is not None:
+            update_ema(self.ema_network, self.network, ema_decay(step, self.ema_decay, self.ema_warmup))
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
@@ -428,7 +349,7 @@ class FlowModule(LightningModule):
             "audio_mask": mask,
         }
         cond = {**common, **conditions, **self.drop_flags(conditions)}
-        uncond = self._unconditional(conditions, common, negative_prompt, batch_size)
+        uncond = cond_lib.unconditional(conditions, common, negative_prompt, batch_size, self.text_encoder)
 
         channels = self.latent_channels
         if noise is None:
@@ -498,26 +419,6 @@ class FlowModule(LightningModule):
             wave = self.codec.vocode(mel)[..., :total].float().clamp(-1.0, 1.0)
         wave = wave * (torch.arange(total, device=wave.device)[None] < counts[:, None].to(wave.device))
         return wave[:, None]
-
-    def _unconditional(self, conditions: Conditions, common: dict[str, Tensor], negative_prompt: str | list[str] | None,
-                       batch_size: int) -> dict[str, Any]:
-        device = common["seconds_total"].device
-        all_dropped = torch.ones(batch_size, dtype=torch.bool, device=device)
-        uncond: dict[str, Any] = {**common, **conditions}
-        for name in MODALITIES:
-            uncond[f"drop_{name}"] = all_dropped if conditions[name] is not None else None
-        if negative_prompt is not None:
-            if self.text_encoder is None:
-                raise ValueError("negative_prompt needs a text encoder; this FlowModule has text_encoder=None")
-            prompts = [negative_prompt] * batch_size if isinstance(negative_prompt, str) else list(negative_prompt)
-            if len(prompts) != batch_size:
-                raise ValueError(f"negative_prompt has {len(prompts)} entries for a batch of {batch_size}")
-            text, text_mask = self.text_encoder(prompts)
-            uncond["text"], uncond["text_mask"] = text.float().to(device), text_mask.to(device)
-            uncond["drop_text"] = ~uncond["text_mask"].any(dim=1)
-            if conditions["text"] is not None and conditions["text"].shape[1] != text.shape[1]:
-                raise ValueError("negative prompt and caption features have different token counts")
-        return uncond
 
     # -------------------------------------------------------------- checkpoints
     def _frozen_from_file(self) -> list[str]:

@@ -1,4 +1,5 @@
-"""Every `foley …` command in a fenced code block of README.md and docs/*.md parses as written.
+"""The commands in README.md and docs/*.md run as written: every `foley …` command parses,
+and every benchmark command is complete with options its script accepts.
 
 Convention for documentation writers:
 
@@ -15,12 +16,18 @@ Convention for documentation writers:
   missing model or manifest): unknown options, missing required settings and bad values fail.
   The tools (synth, prepare, extract, generate, export) are parsed against their
   signatures: unknown options and bad values fail.
+* Benchmark commands (``python benchmarks/NAME.py …``, ``python -m foley.demo …``), in a
+  shell block or in an inline code span, are complete: no ``…``, and every ``--option``
+  (and subcommand) they use is one the script's ``--help`` lists. In docs/benchmarks.md,
+  whose every number names its command, inline ``foley … --…`` spans are parsed too.
 * A line that is deliberately not a runnable command (a syntax sketch) ends with
   ``# doc-test: skip``. Keep these rare: a sketch belongs in prose, not in a code block.
 """
 from __future__ import annotations
 
+import importlib
 import re
+import runpy
 import shlex
 import sys
 from dataclasses import dataclass
@@ -70,30 +77,34 @@ def _fenced_lines(path: Path) -> list[tuple[int, str, str]]:
     return lines
 
 
-def documented_commands(paths: list[Path] = DOCS) -> list[DocCommand]:
-    """The ``foley`` commands of the shell-tagged fenced blocks of ``paths`` (continuations joined)."""
+def _shell_commands(path: Path) -> list[DocCommand]:
+    """Every command line of the shell-tagged fenced blocks of ``path`` (continuations joined)."""
     found: list[DocCommand] = []
-    for path in paths:
-        pending: str | None = None
-        start = previous = 0
-        for number, language, line in _fenced_lines(path):
-            if language not in SHELL_FENCES or (pending is not None and number != previous + 1):
-                pending = None
-            if language not in SHELL_FENCES:
-                continue
-            previous = number
-            if pending is None:
-                line = line.removeprefix("$ ")
-                if line != "foley" and not line.startswith("foley "):
-                    continue
-                pending, start = "", number
-            pending += " " + line
-            if pending.endswith("\\"):
-                pending = pending[:-1]
-                continue
-            found.append(DocCommand(path, start, pending.strip()))
+    pending: str | None = None
+    start = previous = 0
+    for number, language, line in _fenced_lines(path):
+        if language not in SHELL_FENCES or (pending is not None and number != previous + 1):
             pending = None
+        if language not in SHELL_FENCES:
+            continue
+        previous = number
+        if pending is None:
+            line = line.removeprefix("$ ")
+            if not line or line.startswith("#"):
+                continue
+            pending, start = "", number
+        pending += " " + line
+        if pending.endswith("\\"):
+            pending = pending[:-1]
+            continue
+        found.append(DocCommand(path, start, pending.strip()))
+        pending = None
     return found
+
+
+def documented_commands(paths: list[Path] = DOCS) -> list[DocCommand]:
+    """The ``foley`` commands of the shell-tagged fenced blocks of ``paths``."""
+    return [c for path in paths for c in _shell_commands(path) if c.text == "foley" or c.text.startswith("foley ")]
 
 
 def commands_outside_shell_blocks(paths: list[Path] = DOCS) -> list[str]:
@@ -199,3 +210,78 @@ def test_shell_blocks_continuations_and_skips_are_read(tmp_path: Path) -> None:
     assert commands_outside_shell_blocks([doc]) == []
     doc.write_text("```\nfoley synth --out a\n```\n")
     assert len(commands_outside_shell_blocks([doc])) == 1
+
+
+BENCHMARK_COMMAND = re.compile(r"^(?:\.venv/bin/)?python3? (?:(?P<script>benchmarks/[\w/]+\.py)|-m (?P<module>foley\.demo))(?P<args>\s.*)?$")
+
+
+def benchmark_commands(paths: list[Path] = DOCS) -> list[DocCommand]:
+    """``python benchmarks/….py`` and ``python -m foley.demo`` commands: shell blocks and inline code spans."""
+    found = [c for path in paths for c in _shell_commands(path) if BENCHMARK_COMMAND.match(c.text)]
+    for path in paths:
+        text = path.read_text(encoding="utf-8")
+        for match in re.finditer(r"(?<!`)`([^`]+)`(?!`)", text):
+            command = " ".join(match.group(1).split())
+            if BENCHMARK_COMMAND.match(command):
+                found.append(DocCommand(path, text.count("\n", 0, match.start()) + 1, command))
+    return found
+
+
+def _help(command: DocCommand, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[str, list[str]]:
+    """``--help`` text of the script or module ``command`` runs (of its subcommand, if any), and its arguments."""
+    match = BENCHMARK_COMMAND.match(command.text)
+    assert match is not None
+    args = shlex.split(match.group("args") or "", comments=True)
+    sub = [args[0]] if args and not args[0].startswith("-") and match.group("script") else []
+    target = match.group("script") or match.group("module")
+    monkeypatch.setattr(sys, "argv", [target, *sub, "--help"])
+    with pytest.raises(SystemExit) as stop:
+        if match.group("script"):
+            runpy.run_path(str(REPO / target), run_name="__main__")
+        else:  # a module with main(argv), e.g. foley.demo (already imported: no runpy)
+            importlib.import_module(target).main([*sub, "--help"])
+    assert stop.value.code in (0, None), f"{command.where}: `{target} {' '.join(sub)} --help` failed: {capsys.readouterr().err}"
+    return capsys.readouterr().out, args
+
+
+BENCHMARKS = benchmark_commands()
+BENCHMARK_DOC = REPO / "docs" / "benchmarks.md"
+
+
+def inline_foley_commands(path: Path = BENCHMARK_DOC) -> list[DocCommand]:
+    """Inline code spans of ``path`` that are whole ``foley`` command lines (with an option)."""
+    text = path.read_text(encoding="utf-8")
+    spans = ((match.start(), " ".join(match.group(1).split())) for match in re.finditer(r"(?<!`)`([^`]+)`(?!`)", text))
+    return [DocCommand(path, text.count("\n", 0, start) + 1, span) for start, span in spans
+            if span.startswith("foley ") and " --" in span]
+
+
+INLINE_FOLEY = inline_foley_commands()
+
+
+@pytest.mark.parametrize("command", INLINE_FOLEY, ids=[c.where for c in INLINE_FOLEY])
+def test_benchmark_doc_foley_commands_parse(command: DocCommand, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(sys, "argv", ["foley"])
+    assert "…" not in command.text, f"{command.where}: `{command.text}` is not complete (…)"
+    error = parse_error(command.text, capsys)
+    assert error is None, f"{command.where}: `{command.text}` does not parse:\n{error}"
+
+
+def test_the_benchmark_docs_name_their_commands() -> None:
+    scripts = {BENCHMARK_COMMAND.match(c.text).group("script") for c in BENCHMARKS}  # type: ignore[union-attr]
+    assert {"benchmarks/bench_demo_ablations.py", "benchmarks/bench_mmdit.py", "benchmarks/bench_codec.py"} <= scripts, scripts
+
+
+@pytest.mark.parametrize("command", BENCHMARKS, ids=[c.where for c in BENCHMARKS])
+def test_documented_benchmark_command_is_complete(command: DocCommand, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(REPO)
+    assert "…" not in command.text, f"{command.where}: `{command.text}` is not complete (…)"
+    help_text, args = _help(command, monkeypatch, capsys)
+    for arg in args:
+        if arg.startswith("--"):
+            option = arg.split("=", 1)[0]
+            assert re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", help_text), \
+                f"{command.where}: `{command.text}` uses {option}, which the script does not accept:\n{help_text}"

@@ -25,8 +25,6 @@ log = logging.getLogger(__name__)
 # The training loader's length is computed per worker (ShardStream.batches_per_epoch), which
 # is exactly what this generic Lightning warning says an IterableDataset length may not be.
 warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined", category=UserWarning)
-# torchdata 0.11's StatefulDataLoader calls torch.set_vital, which torch >= 2.8 deprecates; nothing to act on.
-warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
 
 
 class EmptyDatasetError(RuntimeError):

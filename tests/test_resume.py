@@ -1,12 +1,14 @@
-"""A `foley fit` killed with SIGKILL at a random step and resumed from its last checkpoint
-logs exactly the per-step losses of an uninterrupted run (tiny stage 2, synthetic shards).
+"""A `foley fit` stopped at a random step and resumed from its last checkpoint (``--ckpt_path
+last``) logs exactly the per-step losses of an uninterrupted run (tiny stage 2, synthetic shards).
 
-Each case runs three fits with the same settings: an uninterrupted one and a resumed one in
-this process, and one in a subprocess that is killed (process group, SIGKILL) once its
-CSV log shows a randomly chosen step. The two cases cover a loader without a length
-(Lightning prefetches a batch; num_workers 0) and one with a length from
-``samples_per_epoch`` over two persistent worker processes (two passes over the shards per
-epoch).
+Stops run in subprocesses, in parallel with the uninterrupted fits (in this process, one
+intra-op thread everywhere), and are stopped once their CSV log shows a randomly chosen
+step: SIGKILL to the whole process group (trainer and DataLoader workers, like a lost node)
+with the last every-step checkpoint, and SIGTERM to the trainer (preemption notice), where
+Lightning finishes the step and the config's checkpoint callback writes last.ckpt on the way
+out. The settings cover a loader without a length (Lightning fetches a batch ahead; no
+workers) and one with a length from ``samples_per_epoch`` over two persistent worker
+processes, each reading its shard twice per epoch.
 """
 from __future__ import annotations
 
@@ -30,11 +32,17 @@ from helpers.stage2_parts import save_tiny_codec
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs/tiny/stage2.yaml")
 
-CASES = {
+SETTINGS = {
     # 6 clips, batch 2: 3 batches per epoch, one pass; the loader has no length.
-    "workers0": {"workers": 0, "epochs": 3, "extra": []},
-    # 8 samples per epoch over 2 workers: 4 batches per epoch, each worker reads its shard twice.
-    "workers2": {"workers": 2, "epochs": 2, "extra": ["--data.init_args.samples_per_epoch=8"]},
+    "workers0": {"workers": 0, "epochs": 3, "steps": 9, "extra": []},
+    # 8 samples per epoch over 2 workers (2 shards of 3 clips): 4 batches per epoch.
+    "workers2": {"workers": 2, "epochs": 2, "steps": 8, "extra": ["--data.init_args.samples_per_epoch=8"]},
+}
+# (settings, signal, whole process group)
+STOPS = {
+    "sigkill-workers0": ("workers0", signal.SIGKILL, True),
+    "sigkill-workers2": ("workers2", signal.SIGKILL, True),
+    "sigterm-workers2": ("workers2", signal.SIGTERM, False),
 }
 
 
@@ -43,7 +51,7 @@ def codec(tmp_path_factory) -> str:
     return save_tiny_codec(tmp_path_factory.mktemp("resume") / "codec.pt")
 
 
-def _args(shards: dict, codec: str, root: Path, version: str, case: dict) -> list[str]:
+def _args(shards: dict, codec: str, root: Path, version: str, case: dict, every: int = 1) -> list[str]:
     return [
         "fit", "--config", CONFIG,
         f"--model.init_args.codec_checkpoint={codec}",
@@ -53,10 +61,9 @@ def _args(shards: dict, codec: str, root: Path, version: str, case: dict) -> lis
         "--trainer.limit_train_batches=null",
         "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.init_args.save_dir={root}",
         f"--trainer.logger.init_args.version={version}", "--trainer.logger.init_args.flush_logs_every_n_steps=1",
-        # The config's last callback writes last.ckpt; every step here, into a folder that the
-        # resumed run shares with the killed one.
-        "--trainer.callbacks.init_args.every_n_train_steps=1",
-        f"--trainer.callbacks.init_args.dirpath={root / ('ckpt-full' if version == 'full' else 'ckpt')}",
+        # The config's last callback writes last.ckpt (here every `every` steps) into a folder
+        # that the resumed run shares with the stopped one, so `--ckpt_path last` finds it.
+        f"--trainer.callbacks.init_args.every_n_train_steps={every}", f"--trainer.callbacks.init_args.dirpath={root / 'ckpt'}",
     ]
 
 
@@ -84,55 +91,62 @@ def _fit_here(args: list[str]) -> None:
         torch.set_num_threads(threads)
 
 
-def _kill_at(process: subprocess.Popen, root: Path, step: int) -> None:
-    """SIGKILL the process group once the run's CSV log holds the training loss of ``step``."""
-    while process.poll() is None and (step, "train/loss") not in _metrics(root, "killed"):
+def _stop_at(process: subprocess.Popen, root: Path, step: int, signum: int, group: bool) -> None:
+    """Signal the run once its CSV log holds the training loss of ``step``."""
+    while process.poll() is None and (step, "train/loss") not in _metrics(root, "stopped"):
         time.sleep(0.02)
     if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)  # the trainer and its DataLoader workers, like a lost node
+        (os.killpg if group else os.kill)(process.pid, signum)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::lightning.fabric.utilities.warnings.PossibleUserWarning")
-def test_killed_run_resumes_with_identical_losses(synth_shards, codec, tmp_path):
+def test_stopped_run_resumes_with_identical_losses(synth_shards, codec, tmp_path):
     started = time.monotonic()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
     runs = {}
-    # The runs to kill go first, in subprocesses, while this process fits the uninterrupted ones.
-    for name, case in CASES.items():
-        root = tmp_path / name
-        steps = case["epochs"] * (3 if case["workers"] == 0 else 4)
-        kill_after = random.randint(1, steps - 3)
-        process = subprocess.Popen([sys.executable, "-m", "foley.cli", *_args(synth_shards, codec, root, "killed", case)],
-                                   cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                   start_new_session=True)
-        killer = threading.Thread(target=_kill_at, args=(process, root, kill_after), daemon=True)
-        killer.start()
-        runs[name] = {"root": root, "case": case, "steps": steps, "kill_after": kill_after, "process": process,
-                      "killer": killer}
-    for run in runs.values():
-        _fit_here(_args(synth_shards, codec, run["root"], "full", run["case"]))
+    for name, (settings, signum, group) in STOPS.items():
+        case, root = SETTINGS[settings], tmp_path / name
+        stop_after = random.randint(1, case["steps"] - 3)
+        # SIGTERM runs write no periodic checkpoint: the one to resume from must be the SIGTERM one.
+        every = 1 if signum == signal.SIGKILL else 1000
+        process = subprocess.Popen(
+            [sys.executable, "-m", "foley.cli", *_args(synth_shards, codec, root, "stopped", case, every)],
+            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        stopper = threading.Thread(target=_stop_at, args=(process, root, stop_after, signum, group), daemon=True)
+        stopper.start()
+        runs[name] = {"root": root, "case": case, "settings": settings, "stop_after": stop_after, "signal": signum,
+                      "process": process, "stopper": stopper}
+    for settings, case in SETTINGS.items():
+        _fit_here(_args(synth_shards, codec, tmp_path / settings, "full", case))
     for name, run in runs.items():
-        run["killer"].join(timeout=600)
+        run["stopper"].join(timeout=600)
         process = run["process"]
         stderr = process.communicate()[1].decode()
-        assert process.returncode == -signal.SIGKILL, f"{name}: the run to kill ended by itself:\n{stderr[-3000:]}"
+        expected = -signal.SIGKILL if run["signal"] == signal.SIGKILL else 128 + signal.SIGTERM
+        assert process.returncode == expected, f"{name}: exit status {process.returncode}:\n{stderr[-3000:]}"
         checkpoint = torch.load(run["root"] / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
         run["checkpoint_step"] = checkpoint["global_step"]
         _fit_here(_args(synth_shards, codec, run["root"], "resumed", run["case"]) + ["--ckpt_path=last"])
 
     for name, run in runs.items():
-        full, killed, resumed = (_metrics(run["root"], v) for v in ("full", "killed", "resumed"))
-        assert sorted(step for step, metric in full if metric == "train/loss") == list(range(run["steps"])), name
-        # Resumed right after the checkpoint, to the end, with every loss of the uninterrupted run.
-        assert run["checkpoint_step"] > run["kill_after"]
+        full = _metrics(tmp_path / run["settings"], "full")
+        stopped, resumed = _metrics(run["root"], "stopped"), _metrics(run["root"], "resumed")
+        steps = run["case"]["steps"]
+        assert sorted(step for step, metric in full if metric == "train/loss") == list(range(steps)), name
+        stopped_steps = sorted(step for step, metric in stopped if metric == "train/loss")
         resumed_steps = sorted(step for step, metric in resumed if metric == "train/loss")
-        assert resumed_steps == list(range(run["checkpoint_step"], run["steps"])), (name, run["checkpoint_step"])
-        assert {k: full[k] for k in killed} == killed, f"{name}: the killed run differs before the kill"
+        assert run["checkpoint_step"] > run["stop_after"]
+        if run["signal"] == signal.SIGTERM:
+            # The step in progress finished, was logged and checkpointed; nothing after it ran.
+            assert stopped_steps == list(range(run["checkpoint_step"])), (name, run["checkpoint_step"])
+        # Resumed right after the checkpoint, to the end, with every loss of the uninterrupted run.
+        assert resumed_steps == list(range(run["checkpoint_step"], steps)), (name, run["checkpoint_step"])
+        assert {k: full[k] for k in stopped} == stopped, f"{name}: the stopped run differs before the stop"
         assert {k: full[k] for k in resumed} == resumed, (
-            f"{name}: killed after step {run['kill_after']}, resumed from step {run['checkpoint_step']}:\n"
+            f"{name}: stopped after step {run['stop_after']}, resumed from step {run['checkpoint_step']}:\n"
             + "\n".join(f"  {k}: uninterrupted {full[k]!r} resumed {v!r}" for k, v in sorted(resumed.items()))
         )
-        print(f"{name}: killed after step {run['kill_after']}, resumed at step {run['checkpoint_step']}; "
+        print(f"{name}: stopped after step {run['stop_after']}, resumed at step {run['checkpoint_step']}; "
               "uninterrupted/resumed losses " + ", ".join(
                   f"{step}: {full[(step, 'train/loss')]!r}/{resumed[(step, 'train/loss')]!r}" for step in resumed_steps[:3]))
     print(f"resume test: {time.monotonic() - started:.1f} s")

@@ -8,16 +8,21 @@ their ``--help`` comes from their signatures and docstrings.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import typing
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from jsonargparse import ArgumentParser, ActionConfigFile
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from foley.quiet import silence_expected_warnings
 
@@ -62,6 +67,16 @@ class FoleyCLI(LightningCLI):
             args=list(args) if args is not None else None,
             run=run,
         )
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        bar = trainer.progress_bar_callback
+        if isinstance(bar, RichProgressBar) and bar.theme.metrics_format == ".3f":
+            # Rich's default ".3f" formats every bar value as a float, including the logger
+            # version, which then shows as "v_num: 0.000"; ".4g" keeps integers integral and
+            # shows losses with four significant digits.
+            bar.theme = dataclasses.replace(bar.theme, metrics_format=".4g")
+        return trainer
 
 
 def _resolve(target: str) -> Callable[..., Any]:
@@ -157,8 +172,14 @@ def main(args: Sequence[str] | None = None) -> Any:
     if argv[0] not in LIGHTNING_COMMANDS and not argv[0].startswith("-"):
         sys.stderr.write(f"foley: unknown command {argv[0]!r}\n\n{overview()}\n")
         raise SystemExit(2)
-    # None lets LightningCLI read sys.argv itself (passing it too makes Lightning warn).
-    return FoleyCLI(args=None if args is None else argv)
+    try:
+        # None lets LightningCLI read sys.argv itself (passing it too makes Lightning warn).
+        return FoleyCLI(args=None if args is None else argv)
+    except SIGTERMException as stop:
+        # Lightning stops a fit on SIGTERM after the current step (checkpoint callbacks with
+        # save_on_exception write it) but exits with status 0; exit as a terminated process
+        # does, so a scheduler sees the job as stopped, not finished.
+        raise SystemExit(128 + signal.SIGTERM) from stop
 
 
 def console() -> None:

@@ -1,0 +1,198 @@
+"""ShardStream: mid-epoch state round trips (exact remaining samples and crops), what counts
+as a skipped sample, and the skip cap."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+import foley.data_modules.shard_stream as shard_stream
+from foley.data_modules import FoleyDataModule
+from foley.data_modules.decoding import SampleError, is_data_error
+from foley.data_modules.shard_stream import ShardStream, SkipCounter, SkipLimitExceeded
+from foley.io.media import encode_audio_bytes
+from foley.io.shards import ShardWriter
+
+SR = 44100
+
+
+def _audio_sample(index: int, seconds: float = 1.0) -> dict:
+    """An audio-only sample (no video) whose crops are easy to check: a ramp unique to the sample."""
+    ramp = (np.arange(int(seconds * SR)) / (seconds * SR) * 0.5 + 0.001 * index).astype(np.float32)
+    return {"flac": encode_audio_bytes(np.stack([ramp, ramp]), SR), "json": {"caption": f"sample {index}", "duration": seconds}}
+
+
+def _write(path: Path, samples: dict[str, dict], shard_size: int) -> None:
+    with ShardWriter(path, shard_size=shard_size) as writer:
+        for key, members in samples.items():
+            writer.write(key, members)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """11 one-second clips in 4 shards of 3, 3, 3 and 2 samples."""
+    path = tmp_path_factory.mktemp("stream")
+    _write(path, {f"s{i:02d}": _audio_sample(i) for i in range(11)}, shard_size=3)
+    return path
+
+
+def _stream(path: Path, **overrides) -> ShardStream:
+    settings = dict(train_shards=str(path), clip_seconds=0.5, load_video=False, batch_size=2, num_workers=0,
+                    shuffle_buffer=4, seed=7)
+    settings.update({k: v for k, v in overrides.items() if k in ("shuffle_buffer", "samples_per_epoch", "num_workers")})
+    stream = FoleyDataModule(**settings).dataset("train")
+    stream.rank, stream.world_size = overrides.get("rank"), overrides.get("world_size")
+    stream.epoch = 3
+    return stream
+
+
+def _items(examples) -> list[tuple[str, float]]:
+    return [(e["key"], e["seconds_start"]) for e in examples]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},  # one pass, whole shards, a 4-sample shuffle buffer
+        {"samples_per_epoch": 25},  # three passes over the shards in one epoch
+        {"rank": 1, "world_size": 6},  # more readers than shards: every reader scans all shards, keeps every 6th
+        {"shuffle_buffer": 0},
+    ],
+    ids=["one-pass", "three-passes", "sample-split", "no-buffer"],
+)
+def test_state_round_trip_continues_with_the_exact_remaining_samples(shards, settings):
+    full = _items(_stream(shards, **settings))
+    assert len(full) == {"samples_per_epoch": 25}.get(next(iter(settings), ""), len(full))
+    if "rank" not in settings:
+        assert sorted({key for key, _ in full}) == [f"s{i:02d}" for i in range(11)]
+    for cut in range(len(full) + 1):
+        stream = _stream(shards, **settings)
+        iterator = iter(stream)
+        head = _items(next(iterator) for _ in range(cut))
+        state = json.loads(json.dumps(stream.state_dict()))  # plain data (checkpointable)
+        resumed = _stream(shards, **settings)
+        resumed.epoch = 99  # the cursor carries its own epoch
+        resumed.load_state_dict(state)
+        assert head + _items(resumed) == full, f"cut after {cut} samples"
+
+
+def test_resume_reopens_only_shards_that_hold_buffered_samples(shards, monkeypatch):
+    opened: list[str] = []
+    original = shard_stream._open_url
+    monkeypatch.setattr(shard_stream, "_open_url", lambda url: opened.append(url) or original(url))
+    stream = _stream(shards, shuffle_buffer=2)
+    iterator = iter(stream)
+    head = _items(next(iterator) for _ in range(8))
+    state = stream.state_dict()
+    cursor = state["cursor"]
+    order = stream._pass_urls(stream._cursor)[0]
+    starts = cursor["url_starts"] + [cursor["scanned"]]
+    # Shards read to their end before the checkpoint whose samples all left the buffer.
+    done = [order[i] for i in range(len(cursor["url_starts"]) - 1)
+            if not any(starts[i] <= index < starts[i + 1] for index in cursor["buffer"])]
+    assert done, "the checkpoint should lie past at least one fully consumed shard"
+    opened.clear()
+    resumed = _stream(shards, shuffle_buffer=2)
+    resumed.load_state_dict(state)
+    assert sorted(k for k, _ in head + _items(resumed)) == [f"s{i:02d}" for i in range(11)]
+    assert not set(done) & set(opened) and opened == [url for url in order if url not in done]
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_loader_state_round_trip_with_two_workers(shards):
+    def loader():
+        return FoleyDataModule(train_shards=str(shards), clip_seconds=0.5, load_video=False, batch_size=2, num_workers=2,
+                               shuffle_buffer=4, seed=7, samples_per_epoch=14).train_dataloader()
+
+    def keys(batches) -> list[tuple[str, float]]:
+        return [(k, float(s)) for b in batches for k, s in zip(b["key"], b["seconds_start"])]
+
+    full_loader = loader()
+    assert len(full_loader) == 8  # 7 samples per worker: 4 batches each, the last of 1
+    full = keys(full_loader)
+    assert len(full) == 14
+    for cut in (1, 4, 7):
+        first = loader()
+        iterator = iter(first)
+        head = keys(next(iterator) for _ in range(cut))
+        state = first.state_dict()
+        del iterator
+        second = loader()
+        second.load_state_dict(state)
+        assert head + keys(second) == full, f"cut after {cut} batches"
+
+
+def test_only_data_errors_count_as_skipped_samples(shards, monkeypatch, caplog):
+    decode = shard_stream.decode_sample
+    failures = {
+        "s01": SampleError("s01: no audio member"),
+        "s02": OSError("s02: truncated read"),
+        "s03": av.error.InvalidDataError(1094995529, "Invalid data found when processing input"),
+        "s04": json.JSONDecodeError("Expecting value", "{", 0),
+    }
+
+    def flaky(sample, **kwargs):
+        if sample["__key__"] in failures:
+            raise failures[sample["__key__"]]
+        return decode(sample, **kwargs)
+
+    monkeypatch.setattr(shard_stream, "decode_sample", flaky)
+    stream = _stream(shards, shuffle_buffer=0)
+    with caplog.at_level(logging.WARNING):
+        keys = sorted(key for key, _ in _items(stream))
+    assert keys == ["s00"] + [f"s{i:02d}" for i in range(5, 11)]
+    assert stream.skipped.value == 4 and stream.skipped.seen == 11
+    assert "s02: truncated read" in caplog.text and "Invalid data found" in caplog.text
+    assert all(is_data_error(exc) for exc in failures.values())
+
+    # Programming errors are raised, naming the sample, never counted as skips.
+    for bug in (TypeError("unsupported operand"), AttributeError("no attribute 'shape'"), KeyError("latent"),
+                ValueError("plain ValueError from our code")):
+        failures["s05"] = bug
+        stream = _stream(shards, shuffle_buffer=0)
+        with pytest.raises(type(bug)) as raised:
+            list(stream)
+        assert not is_data_error(bug)
+        assert any("s05" in note and "bug" in note for note in raised.value.__notes__)
+        assert stream.skipped.value == 4
+
+
+def _bad_shards(path: Path, bad: set[int], total: int = 12) -> None:
+    samples = {f"k{i:02d}": (_audio_sample(i, 0.6) if i not in bad else {"flac": b"fLaC broken", "json": {}}) for i in range(total)}
+    _write(path, samples, shard_size=4)
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_skip_cap_stops_with_the_first_bad_keys(tmp_path, num_workers):
+    _bad_shards(tmp_path, bad={1, 5, 6})  # 3 of 12 = 25 %
+    settings = dict(val_shards=str(tmp_path), clip_seconds=0.5, load_video=False, batch_size=2, num_workers=num_workers)
+    with pytest.raises(SkipLimitExceeded, match=r"more than max_skip_fraction=10\.0%") as raised:
+        list(FoleyDataModule(**settings, max_skip_fraction=0.1, skip_warmup=4).val_dataloader())
+    message = str(raised.value)
+    assert "k01" in message and "cannot decode flac" in message and str(tmp_path) in message
+    assert "--data.init_args.max_skip_fraction" in message
+    # Under the cap (the running fraction peaks at 2 of 6), during the warm-up or without a cap the bad
+    # samples are only skipped.
+    for cap, warmup in ((0.5, 4), (0.1, 100), (None, 0)):
+        dm = FoleyDataModule(**settings, max_skip_fraction=cap, skip_warmup=warmup)
+        assert len([k for b in dm.val_dataloader() for k in b["key"]]) == 9 and dm.skipped == 3
+
+
+def test_skip_counter_checks_after_the_warm_up():
+    counter = SkipCounter(max_fraction=0.25, warmup=8, keep=2)
+    for key in ("a", "b", "c"):
+        counter.add_seen("shards")
+        counter.add(f"{key}: bad", where="shards")  # 100 % skipped, but still warming up
+    assert counter.value == 3 and counter.first_bad == ["a: bad", "b: bad"]
+    for _ in range(4):
+        counter.add_seen("shards")
+    with pytest.raises(SkipLimitExceeded, match=r"3 of 8 samples \(37\.5%\) read from 'shards'"):
+        counter.add_seen("shards")
+    with pytest.raises(ValueError, match="max_skip_fraction"):
+        SkipCounter(max_fraction=1.5)

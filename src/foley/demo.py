@@ -39,6 +39,7 @@ import torch
 from foley.io.atomic import atomic_write_json, atomic_write_text
 from foley.io.media import read_audio, write_video
 from foley.io.shards import list_shards
+from foley.quiet import silence_expected_warnings
 
 logger = logging.getLogger(__name__)
 
@@ -400,6 +401,9 @@ def main(argv: list[str] | None = None) -> dict:
         parser.add_argument(f"--{field}", type=int, default=None)
     parser.add_argument("--seconds", type=float, default=None)
     args = parser.parse_args(argv)
+    # The demo builds a dataloader in this process too (stage-3-alone scoring), so it hides the
+    # same expected dependency messages as the `foley` commands it runs.
+    silence_expected_warnings()
     settings = DemoSettings.quick(args.out) if args.quick else DemoSettings(out=args.out)
     for field in ("train_clips", "test_clips", "stage1_epochs", "stage2_epochs", "stage3_epochs", "steps", "seconds"):
         if getattr(args, field) is not None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import av
@@ -196,3 +199,61 @@ def test_skip_counter_checks_after_the_warm_up():
         counter.add_seen("shards")
     with pytest.raises(ValueError, match="max_skip_fraction"):
         SkipCounter(max_fraction=1.5)
+
+
+DDP_SCRIPT = '''
+import json, sys
+import torch.distributed as dist
+from foley.data_modules import FoleyDataModule
+
+
+def keys(batches):
+    return [(k, float(s)) for b in batches for k, s in zip(b["key"], b["seconds_start"])]
+
+
+def loader(shards, rank):
+    dm = FoleyDataModule(train_shards=shards, clip_seconds=0.5, load_video=False, batch_size=1, num_workers=2,
+                         shuffle_buffer=4, seed=7, samples_per_epoch=12)
+    result = dm.train_dataloader()
+    result.dataset.rank, result.dataset.world_size = rank, 2
+    return result
+
+
+def run(rank, shards, out, cut):
+    dist.init_process_group("gloo", init_method=f"file://{out}/store", rank=rank, world_size=2)
+    full = keys(loader(shards, rank))
+    first = loader(shards, rank)
+    iterator = iter(first)
+    head = keys(next(iterator) for _ in range(cut))
+    state = first.state_dict()  # a collective, as when Lightning checkpoints on every rank
+    del iterator
+    # Only rank 0 writes the checkpoint; every rank loads that one file.
+    shared = [state]
+    dist.broadcast_object_list(shared, src=0)
+    second = loader(shards, rank)
+    second.load_state_dict(shared[0])
+    with open(f"{out}/rank{rank}.json", "w") as handle:
+        json.dump({"full": full, "resumed": head + keys(second), "ranks_in_state": len(shared[0]["ranks"])}, handle)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    run(int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]))
+'''
+
+
+def test_ddp_ranks_resume_their_own_positions(shards, tmp_path):
+    """Two gloo ranks with two workers each: the state gathered on save lets each rank resume its own position."""
+    script = tmp_path / "ddp_resume.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    processes = [subprocess.Popen([sys.executable, str(script), str(rank), str(shards), str(tmp_path), "2"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for rank in range(2)]
+    for process in processes:
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    for rank in ranks:
+        assert rank["ranks_in_state"] == 2  # the one checkpoint holds both ranks' positions
+        assert rank["resumed"] == rank["full"] and len(rank["full"]) == 6  # 12 samples per epoch over 2 ranks
+    assert ranks[0]["full"] != ranks[1]["full"]

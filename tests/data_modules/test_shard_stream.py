@@ -13,6 +13,9 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 import foley.data_modules.shard_stream as shard_stream
 from foley.data_modules import FoleyDataModule
@@ -257,3 +260,49 @@ def test_ddp_ranks_resume_their_own_positions(shards, tmp_path):
         assert rank["ranks_in_state"] == 2  # the one checkpoint holds both ranks' positions
         assert rank["resumed"] == rank["full"] and len(rank["full"]) == 6  # 12 samples per epoch over 2 ranks
     assert ranks[0]["full"] != ranks[1]["full"]
+
+
+class _Recorder(LightningModule):
+    """Records what every training step saw: (global step, keys, crop starts)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.seen: list[tuple[int, list[str], list[float]]] = []
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        self.seen.append((self.global_step, list(batch["key"]), batch["seconds_start"].tolist()))
+        return (self.weight - batch["audio"].mean()) ** 2
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _fit_recording(shards: Path, root: Path, settings: dict, max_steps: int = -1, ckpt_path: str | None = None) -> list:
+    model = _Recorder()
+    trainer = Trainer(accelerator="cpu", max_epochs=3, max_steps=max_steps, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, limit_val_batches=0,
+                      callbacks=[ModelCheckpoint(dirpath=root, every_n_train_steps=1, save_top_k=0, save_last=True)])
+    datamodule = FoleyDataModule(train_shards=str(shards), clip_seconds=0.5, load_video=False, batch_size=2, shuffle_buffer=4,
+                                 seed=7, **settings)
+    trainer.fit(model, datamodule, ckpt_path=ckpt_path)
+    return model.seen
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::lightning.fabric.utilities.warnings.PossibleUserWarning")
+@pytest.mark.parametrize(
+    "settings,epoch_batches",
+    [({"num_workers": 0}, 6), ({"num_workers": 2, "samples_per_epoch": 8}, 4)],
+    ids=["no-length", "samples-per-epoch"],
+)
+def test_trainer_resumes_at_and_between_epoch_ends(shards, tmp_path, settings, epoch_batches):
+    """Checkpoints written after the last batch of an epoch (Lightning knows the end of an epoch
+    of unknown length only by fetching ahead) and mid-epoch continue with exactly the batches
+    of the uninterrupted run, and the next epoch is neither skipped nor repeated."""
+    full = _fit_recording(shards, tmp_path / "full", settings)
+    assert len(full) == 3 * epoch_batches
+    for stop in (epoch_batches, epoch_batches + 1):
+        root = tmp_path / f"stop{stop}"
+        head = _fit_recording(shards, root, settings, max_steps=stop)
+        rest = _fit_recording(shards, root, settings, ckpt_path=str(root / "last.ckpt"))
+        assert head + rest == full, f"stopped after {stop} steps"

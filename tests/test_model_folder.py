@@ -100,6 +100,17 @@ def test_from_pretrained_is_bit_identical_and_keeps_the_defaults(saved: dict, vi
     assert torch.equal(loaded(video, prompt="a drum", seed=1), saved["audio"])
 
 
+def test_a_model_folder_is_a_stage1_codec_checkpoint(saved: dict) -> None:
+    """Stages 2 and 3 can train against the codec of a shipped model: same component files."""
+    from foley.models.codec import Codec
+
+    codec = Codec.from_checkpoint(saved["folder"])
+    original = saved["pipeline"].flow.codec
+    assert codec.init_config() == original.init_config()
+    state = original.state_dict()
+    assert all(torch.equal(codec.state_dict()[k], state[k]) for k in state)
+
+
 def test_loading_never_unpickles(saved: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("a model folder load tried to unpickle")

@@ -53,6 +53,8 @@ __all__ = [
     "save_model_folder",
     "load_model_folder",
     "load_legacy_bundle",
+    "save_component",
+    "load_component",
     "model_files",
 ]
 
@@ -117,6 +119,37 @@ def _write_component(root: Path, name: str, module: nn.Module, weights: bool) ->
         save_model(module, str(root / f"{name}.safetensors"))
         entry["weights"] = f"{name}.safetensors"
     return entry
+
+
+def save_component(module: nn.Module, out: str | os.PathLike[str], name: str, overwrite: bool = False) -> Path:
+    """Write one component as a folder of its own: ``name.json`` + ``name.safetensors``, atomically.
+
+    The files are exactly those the component has inside a model folder, so the folder of a
+    single component (e.g. the stage-1 codec that stages 2 and 3 train against) and a whole
+    model folder are read by the same :func:`load_component`.
+    """
+    target = Path(out)
+    with _atomic_folder(target, overwrite) as tmp:
+        _write_component(tmp, name, module, weights=True)
+    return target
+
+
+def load_component(folder: str | os.PathLike[str], name: str, base: type) -> Any:
+    """Build component ``name`` from a model folder or a single-component folder (JSON + safetensors only).
+
+    Raises:
+        ModelFolderError: the folder lacks the component's files, or they do not fit.
+    """
+    root = Path(folder)
+    entry: Mapping[str, Any] = {"config": f"{name}.json", "weights": f"{name}.safetensors"}
+    if (root / PIPELINE_FILE).is_file():
+        entry = (_read_json(root, PIPELINE_FILE).get("components") or {}).get(name) or entry
+    if not (root / str(entry["config"])).is_file():
+        raise ModelFolderError(
+            f"{root}: holds no {name} component (no {entry['config']}); pass a model folder from `foley export` "
+            f"or a folder written by {base.__name__}.save"
+        )
+    return _load_component(root, name, entry, base)
 
 
 def _encoder_entry(root: Path, name: str, encoder: nn.Module, store: bool) -> dict[str, str | None]:

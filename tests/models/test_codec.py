@@ -141,7 +141,7 @@ def test_silence_and_clipped_audio_stay_finite(codec: Codec) -> None:
         assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+@pytest.mark.parametrize("suffix", ["", ".safetensors", ".pt"])
 @torch.no_grad()
 def test_save_and_from_checkpoint_rebuild_the_same_codec(tmp_path: Path, suffix: str) -> None:
     codec = _tiny_codec()
@@ -153,11 +153,16 @@ def test_save_and_from_checkpoint_rebuild_the_same_codec(tmp_path: Path, suffix:
     wave = _tone(0.2).unsqueeze(0)
     torch.testing.assert_close(rebuilt(wave), codec(wave))
     assert rebuilt.init_config() == codec.init_config()
+    if not suffix:  # a folder: the codec component exactly as a model folder holds it
+        assert sorted(p.name for p in path.iterdir()) == ["codec.json", "codec.safetensors"]
 
 
 def test_from_checkpoint_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         Codec.from_checkpoint(tmp_path / "nope.ckpt")
+    (tmp_path / "empty_folder").mkdir()
+    with pytest.raises(ValueError, match=r"empty_folder.*no codec\.json"):
+        Codec.from_checkpoint(tmp_path / "empty_folder")
     bare = tmp_path / "bare.pt"
     torch.save({"state_dict": {"x": torch.zeros(1)}}, bare)
     with pytest.raises(ValueError, match="architecture"):

@@ -269,12 +269,19 @@ class Codec(Configurable, nn.Module):
 
     # ---------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write weights + architecture to ``path`` (``.safetensors`` or a torch ``.pt`` file), atomically.
+        """Write weights + architecture to ``path``, atomically.
 
-        This single file is what stage 2 and 3 read as ``codec_checkpoint`` while training; a
-        finished model is shipped as a model folder (``foley export``, docs/architecture.md §8).
+        A path without a ``.safetensors`` / ``.pt`` suffix becomes a folder with ``codec.json`` and
+        ``codec.safetensors``: the codec component exactly as a model folder holds it
+        (``foley export``, docs/architecture.md §8), so stages 2 and 3 can train against either.
+        The single-file forms are kept for files written before the model folder existed.
         """
         path = os.fspath(path)
+        if not path.endswith((".safetensors", ".pt")):
+            from foley.model_folder import save_component
+
+            save_component(self, path, "codec", overwrite=True)
+            return
         config_json = json.dumps(self.init_config())
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         with atomic_path(path) as tmp:
@@ -299,11 +306,15 @@ class Codec(Configurable, nn.Module):
         """Rebuild a trained codec from a ``CodecModule`` Lightning checkpoint or a ``Codec.save`` file.
 
         Args:
-            path: ``.ckpt`` from ``foley fit --config configs/stage1.yaml``, or ``.safetensors`` / ``.pt``
-                written by :meth:`save`.
+            path: ``.ckpt`` from ``foley fit --config configs/stage1.yaml``, a model folder, or a
+                folder / ``.safetensors`` / ``.pt`` written by :meth:`save`.
             map_location: Device for the weights.
         """
         path = os.fspath(path)
+        if os.path.isdir(path):  # a model folder, or a codec folder from Codec.save
+            from foley.model_folder import load_component
+
+            return load_component(path, "codec", cls).to(map_location).eval()
         if not os.path.isfile(path):
             raise FileNotFoundError(f"codec checkpoint {path!r} does not exist")
         config: Any = None

@@ -25,7 +25,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from foley.cli import main
 
 from helpers.stage2_parts import save_tiny_codec
 
@@ -81,14 +80,18 @@ def _metrics(root: Path, version: str) -> dict[tuple[int, str], float]:
     return values
 
 
-def _fit_here(args: list[str]) -> None:
-    # One intra-op thread, as in the subprocess (OMP_NUM_THREADS=1): same float reductions.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        main(args)
-    finally:
-        torch.set_num_threads(threads)
+_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def _fit_to_the_end(args: list[str], cwd: Path) -> None:
+    """Run ``foley fit`` to the end in a process like the stopped one (same environment, one thread).
+
+    Not in this process: DataLoader workers forked from pytest would inherit its BLAS/OpenMP
+    thread set-up (e.g. OMP_NUM_THREADS=2 with OPENBLAS_CORETYPE set), and a validation loss
+    then differed from the stopped run's in its last bit.
+    """
+    subprocess.run([sys.executable, "-m", "foley.cli", *args], cwd=cwd, env=_ENV, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def _stop_at(process: subprocess.Popen, root: Path, step: int, signum: int, group: bool) -> None:
@@ -102,7 +105,7 @@ def _stop_at(process: subprocess.Popen, root: Path, step: int, signum: int, grou
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::lightning.fabric.utilities.warnings.PossibleUserWarning")
 def test_stopped_run_resumes_with_identical_losses(synth_shards, codec, tmp_path):
     started = time.monotonic()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
+    env = _ENV
     runs = {}
     for name, (settings, signum, group) in STOPS.items():
         case, root = SETTINGS[settings], tmp_path / name
@@ -117,7 +120,7 @@ def test_stopped_run_resumes_with_identical_losses(synth_shards, codec, tmp_path
         runs[name] = {"root": root, "case": case, "settings": settings, "stop_after": stop_after, "signal": signum,
                       "process": process, "stopper": stopper}
     for settings, case in SETTINGS.items():
-        _fit_here(_args(synth_shards, codec, tmp_path / settings, "full", case))
+        _fit_to_the_end(_args(synth_shards, codec, tmp_path / settings, "full", case), tmp_path)
     for name, run in runs.items():
         run["stopper"].join(timeout=600)
         process = run["process"]
@@ -126,7 +129,7 @@ def test_stopped_run_resumes_with_identical_losses(synth_shards, codec, tmp_path
         assert process.returncode == expected, f"{name}: exit status {process.returncode}:\n{stderr[-3000:]}"
         checkpoint = torch.load(run["root"] / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
         run["checkpoint_step"] = checkpoint["global_step"]
-        _fit_here(_args(synth_shards, codec, run["root"], "resumed", run["case"]) + ["--ckpt_path=last"])
+        _fit_to_the_end(_args(synth_shards, codec, run["root"], "resumed", run["case"]) + ["--ckpt_path=last"], tmp_path)
 
     for name, run in runs.items():
         full = _metrics(tmp_path / run["settings"], "full")

@@ -3,7 +3,7 @@
 ``foley fit|validate|test|predict`` are Lightning's own subcommands (LightningCLI), so
 every Trainer flag, ``--print_config``, dotted overrides and multi-file ``--config``
 overlays work as Lightning users expect. The data tools (``synth``, ``prepare``,
-``extract``, ``generate``, ``export``) are plain typed functions exposed through jsonargparse, so
+``extract``, ``generate``, ``export``, ``app``) are plain typed functions exposed through jsonargparse, so
 their ``--help`` comes from their signatures and docstrings.
 """
 from __future__ import annotations
@@ -43,6 +43,7 @@ TOOL_COMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("foley.extract:extract", "Precompute codec latents and encoder features into shards."),
     "generate": ("foley.generate:generate", "Generate stereo Foley for videos and mux it into mp4."),
     "export": ("foley.export:export", "Write a model folder (JSON + safetensors) from `foley fit` checkpoints."),
+    "app": ("foley.app:app", "Serve a web page (Gradio) that adds stereo Foley to an uploaded video."),
 }
 
 

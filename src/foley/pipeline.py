@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from foley.batch import collate_examples
 from foley.io.decoded_frames import DecodedFrames
-from foley.io.video import VideoError, VideoFile, resize_frames, stream_length
+from foley.io.video import VideoError, VideoFile, mmaudio_stream_times, resize_frames, stream_length
 from foley.pipeline_settings import Continuity, GenerationDefaults, PipelineSettings, Sampler
 from foley.windowing import (
     Window,
@@ -238,8 +238,12 @@ class FoleyPipeline(nn.Module):
         return next(self.parameters()).device if any(True for _ in self.parameters()) else torch.device("cpu")
 
     @staticmethod
-    def _stream(video: VideoFile | DecodedFrames, start: float, seconds: float, fps: float, size: int, crop: str) -> Tensor:
-        """uint8 ``(T, 3, size, size)``: the frames on screen at ``start + i / fps`` (docs/architecture.md §2)."""
+    def _stream(video: VideoFile | DecodedFrames, start: float, seconds: float, fps: float, size: int, crop: str,
+                rule: str = "on_screen") -> Tensor:
+        """uint8 ``(T, 3, size, size)``: the frames on screen at ``start + i / fps`` (docs/architecture.md §2),
+        or those MMAudio's ``load_video`` takes (``rule="mmaudio"``, :data:`foley.io.video.FrameRule`)."""
+        if rule == "mmaudio":
+            return resize_frames(video.frames_at(mmaudio_stream_times(start, seconds, fps), rule="mmaudio"), size, crop)  # type: ignore[arg-type]
         times = start + np.arange(stream_length(seconds, fps), dtype=np.float64) / fps
         return resize_frames(video.frames_at(times), size, crop)  # type: ignore[arg-type]
 
@@ -256,8 +260,8 @@ class FoleyPipeline(nn.Module):
             # Text only (no video): without frame streams the generator uses its learned "no
             # video" placeholders (trained by modality dropout) and stage 3 its "no video" column.
             if video is not None:
-                example["clip_frames"] = self._stream(video, t, seconds, s.clip_fps, s.clip_size, s.clip_crop)
-                example["sync_frames"] = self._stream(video, t, seconds, s.sync_fps, s.sync_size, "center")
+                example["clip_frames"] = self._stream(video, t, seconds, s.clip_fps, s.clip_size, s.clip_crop, s.frame_rule)
+                example["sync_frames"] = self._stream(video, t, seconds, s.sync_fps, s.sync_size, "center", s.frame_rule)
             examples.append(example)
         return collate_examples(examples)
 
@@ -276,7 +280,7 @@ class FoleyPipeline(nn.Module):
 
     @staticmethod
     def _open(video: str | os.PathLike[str] | np.ndarray | Tensor | None, fps: float | None,
-              start: float, duration: float | None) -> tuple[VideoFile | DecodedFrames | None, str, float]:
+              start: float, duration: float | None, backend: str = "auto") -> tuple[VideoFile | DecodedFrames | None, str, float]:
         """The frame source, its name and the segment duration (checked against the video)."""
         if video is None:
             if duration is None or duration <= 0 or start != 0.0:
@@ -287,7 +291,7 @@ class FoleyPipeline(nn.Module):
         else:
             if fps is not None:
                 raise ValueError("fps is for decoded frames; a video file's timestamps give its frame times")
-            handle = VideoFile(os.fspath(video), name=os.fspath(video))
+            handle = VideoFile(os.fspath(video), name=os.fspath(video), backend=backend)  # type: ignore[arg-type]
         name, length = handle.name, handle.duration
         if not 0.0 <= start < length:
             raise VideoError(f"{name}: start {start:.3f} s is outside the video (0 to {length:.3f} s)")
@@ -340,7 +344,8 @@ class FoleyPipeline(nn.Module):
             VideoError: the video cannot be read, or the segment lies outside it.
             ValueError: decoded frames without ``fps``, or text-only generation without ``duration``.
         """
-        handle, name, duration = self._open(video, fps, start, duration)
+        # MMAudio decodes with PyAV (frame.to_ndarray); its frame rule decodes the same way.
+        handle, name, duration = self._open(video, fps, start, duration, "pyav" if self.settings.frame_rule == "mmaudio" else "auto")
         s = self.settings
         total = round(duration * s.sample_rate)
         window = round(s.window_seconds * s.sample_rate)

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
+from foley.io.video import FrameRule
 from foley.windowing import CrossfadeKind
 
 __all__ = ["PipelineSettings", "GenerationDefaults", "Continuity", "Sampler"]
@@ -38,6 +39,10 @@ class PipelineSettings:
             latents on their overlap; sequential), ``"shared_noise"`` (noise per absolute
             latent frame only; windows batched) or ``"independent"`` (every window starts
             from the same seeded noise, as if it were a clip of its own).
+        frame_rule: which source frame each stream instant takes (:data:`foley.io.video.FrameRule`):
+            ``"on_screen"`` (the frame on screen at ``start + i / fps``) or ``"mmaudio"``
+            (MMAudio's ``load_video``: PyAV decoding, instants accumulated by repeated addition of
+            ``1 / fps`` on the container's clock, the first frame at or after each).
     """
 
     sample_rate: int = 44100
@@ -51,10 +56,13 @@ class PipelineSettings:
     window_batch: int = 4
     crossfade: CrossfadeKind = "adaptive"
     continuity: Continuity = "inpaint"
+    frame_rule: FrameRule = "on_screen"
 
     def __post_init__(self) -> None:
         if self.continuity not in _CONTINUITY:
             raise ValueError(f"continuity must be one of {_CONTINUITY}, got {self.continuity!r}")
+        if self.frame_rule not in ("on_screen", "mmaudio"):
+            raise ValueError(f"frame_rule must be 'on_screen' or 'mmaudio', got {self.frame_rule!r}")
 
     @classmethod
     def from_datamodule_hparams(cls, hparams: Mapping[str, Any], **overrides: Any) -> PipelineSettings:

@@ -6,6 +6,12 @@ screen at time ``s + i / f`` (docs/architecture.md §2). The source frame on scr
 time ``t`` is the last frame whose presentation timestamp is ``<= t``. Timestamps are
 read per frame from the container, so 29.97, 30 and 60 fps sources and variable frame
 rate files give correctly timed frames. Time 0 is the first video frame's timestamp.
+
+The ``"mmaudio"`` frame rule reproduces MMAudio's ``read_frames`` instead (see
+:func:`mmaudio_stream_times` and :meth:`VideoFile.indices_at`): stream instants are
+accumulated by repeated addition of ``1 / f``, times are the container's own
+(``pts · time_base``, as PyAV's ``frame.time``), and each instant takes the first frame
+whose time is at or after it.
 """
 
 from __future__ import annotations
@@ -31,9 +37,12 @@ __all__ = [
     "VideoInfo",
     "VideoFile",
     "CropMode",
+    "FrameRule",
     "VideoBackend",
     "stream_times",
     "stream_length",
+    "mmaudio_stream_times",
+    "mmaudio_duration",
     "resize_frames",
     "read_frames_at",
     "probe_video",
@@ -42,6 +51,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CropMode = Literal["resize", "center"]
+FrameRule = Literal["on_screen", "mmaudio"]
+"""Which source frame a stream instant ``t`` takes. ``"on_screen"``: the frame on screen at
+``t`` (last frame starting at or before it), ``t`` counted from the first frame.
+``"mmaudio"``: MMAudio's ``read_frames``: the first frame starting at or after ``t``, ``t``
+on the container's clock (``pts · time_base`` computed as PyAV's ``frame.time``; frames
+before time 0 are never taken)."""
 
 # decord reports timestamps as float32 seconds; a frame whose pts lies within this many
 # seconds after the requested time still counts as "on screen", so that rounding of e.g.
@@ -93,6 +108,48 @@ def stream_length(duration: float, fps: float) -> int:
 def stream_times(start: float, duration: float, fps: float) -> np.ndarray:
     """Times ``start + i / fps`` of the frames of a stream covering ``[start, start + duration)``."""
     return start + np.arange(stream_length(duration, fps), dtype=np.float64) / fps
+
+
+def mmaudio_stream_times(start: float, duration: float, fps: float) -> np.ndarray:
+    """The instants MMAudio's ``read_frames`` samples a stream at, ``stream_length(duration, fps)`` of them.
+
+    The first is ``start``, each next one the previous plus ``1 / fps`` in float64, as its loop
+    computes them (``0.04 + 0.04 + 0.04`` is ``0.12000000000000001``, not ``3 / 25``); which
+    frame an instant takes at a frame boundary depends on that last bit.
+    """
+    times = np.empty(stream_length(duration, fps), dtype=np.float64)
+    step, current = 1 / fps, float(start)
+    for i in range(len(times)):
+        times[i] = current
+        current += step
+    return times
+
+
+def mmaudio_duration(frame_times: np.ndarray, duration: float, rates: Sequence[float] = (8.0, 25.0)) -> float:
+    """The duration MMAudio's ``load_video(path, duration)`` keeps for a video with these frame times.
+
+    Its ``read_frames`` gives each stream one frame per instant (:func:`mmaudio_stream_times`
+    from 0) up to the last frame timed at or before ``duration``; when a stream gets fewer than
+    ``duration`` seconds of frames, the duration shrinks to what it got (e.g. 7.96 s for an 8 s
+    video at 24 fps, whose last frame starts at 7.958 s, short of the 200th 25-fps instant).
+
+    Args:
+        frame_times: Frame start times on the container's clock (:attr:`VideoFile.pts_times`).
+        duration: The requested duration in seconds.
+        rates: The stream rates (MMAudio: CLIP 8, sync 25).
+    """
+    times = np.asarray(frame_times, dtype=np.float64)
+    kept = times[(times >= 0.0) & (times <= duration)]
+    if len(kept) == 0:
+        return 0.0
+    last = float(kept.max())
+    for fps in rates:
+        count, current, step = 0, 0.0, 1 / fps
+        while current <= last:
+            count += 1
+            current += step
+        duration = min(duration, count / fps)
+    return duration
 
 
 VideoBackend = Literal["auto", "decord", "pyav"]
@@ -158,6 +215,7 @@ class VideoFile:
         if stamps.ndim != 2 or len(stamps) == 0:
             raise VideoError(f"{self.name}: no video frames found")
         self._origin = float(stamps[0, 0])
+        self._pts_times: np.ndarray | None = stamps[:, 0].copy() if self._reader is None else None
         self.starts = stamps[:, 0] - self._origin
         ends = stamps[:, 1] - self._origin
         if not np.all(np.diff(self.starts) >= 0):
@@ -232,10 +290,42 @@ class VideoFile:
         """Average frame rate over the whole file."""
         return len(self) / self.duration if self.duration > 0 else 0.0
 
-    def indices_at(self, times: np.ndarray, tolerance: float = DEFAULT_PTS_TOLERANCE) -> np.ndarray:
-        """Index of the frame on screen at each time (clamped to the first and last frame)."""
+    @property
+    def pts_times(self) -> np.ndarray:
+        """Frame start times on the container's clock, ``pts · time_base`` exactly as PyAV's ``frame.time``.
+
+        Not shifted to the first frame. Read with PyAV (packet timestamps, no decoding) also
+        when decord decodes: decord's float32 timestamps are not exact.
+        """
+        if self._pts_times is None:
+            pyav = self._pyav if self._pyav is not None else self._open_pyav_timing()
+            self._pts_times = pyav.timestamps[:, 0].copy()
+        return self._pts_times
+
+    def _open_pyav_timing(self) -> PyAVFrames:
+        from foley.io.video_pyav import PyAVFrames
+
+        timing = PyAVFrames(self._source, self.name, num_threads=self._threads)
+        if len(timing) != len(self):
+            raise VideoError(f"{self.name}: PyAV finds {len(timing)} frames, decord {len(self)}; re-encode the file")
+        return timing
+
+    def indices_at(self, times: np.ndarray, tolerance: float = DEFAULT_PTS_TOLERANCE, rule: FrameRule = "on_screen") -> np.ndarray:
+        """Index of the frame each time takes (clamped to the first and last frame).
+
+        Args:
+            times: Seconds; from the first frame for ``"on_screen"``, on the container's clock
+                for ``"mmaudio"``.
+            tolerance: ``"on_screen"`` only: seconds a frame may start after ``t`` and still count.
+            rule: ``"on_screen"`` or ``"mmaudio"`` (see :data:`FrameRule`).
+        """
         times = np.asarray(times, dtype=np.float64)
-        idx = np.searchsorted(self.starts, times + tolerance, side="right") - 1
+        if rule == "mmaudio":
+            idx = np.searchsorted(self.pts_times, times, side="left")
+        elif rule == "on_screen":
+            idx = np.searchsorted(self.starts, times + tolerance, side="right") - 1
+        else:
+            raise ValueError(f"rule must be 'on_screen' or 'mmaudio', got {rule!r}")
         return np.clip(idx, 0, len(self) - 1)
 
     def frames(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -259,9 +349,9 @@ class VideoFile:
             self._shape = (int(decoded.shape[1]), int(decoded.shape[2]))
         return decoded[inverse.reshape(-1)]
 
-    def frames_at(self, times: np.ndarray, tolerance: float = DEFAULT_PTS_TOLERANCE) -> np.ndarray:
-        """Frames on screen at ``times`` as uint8 ``(T, H, W, 3)``."""
-        return self.frames(self.indices_at(times, tolerance))
+    def frames_at(self, times: np.ndarray, tolerance: float = DEFAULT_PTS_TOLERANCE, rule: FrameRule = "on_screen") -> np.ndarray:
+        """Frames at ``times`` (on screen, or by ``rule``; see :meth:`indices_at`) as uint8 ``(T, H, W, 3)``."""
+        return self.frames(self.indices_at(times, tolerance, rule))
 
 
 def _target_size(size: int | tuple[int, int]) -> tuple[int, int]:
@@ -295,9 +385,14 @@ def resize_frames(frames: np.ndarray | torch.Tensor, size: int | tuple[int, int]
     in_h, in_w = video.shape[-2:]
     if crop == "resize":
         new_h, new_w = out_h, out_w
+    elif crop == "center" and out_h == out_w:
+        # torchvision's Resize(int) (CLIP, Synchformer and MMAudio preprocessing): the short side
+        # to the size, the long side int(size * long / short).
+        short, long = min(in_h, in_w), max(in_h, in_w)
+        new_long = int(out_h * long / short)
+        new_h, new_w = (out_h, new_long) if in_h <= in_w else (new_long, out_h)
     elif crop == "center":
         scale = max(out_h / in_h, out_w / in_w)
-        # Truncation as in torchvision's Resize(int), i.e. CLIP preprocessing.
         new_h, new_w = max(out_h, int(in_h * scale)), max(out_w, int(in_w * scale))
     else:
         raise ValueError(f"crop must be 'resize' or 'center', got {crop!r}")

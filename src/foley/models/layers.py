@@ -9,8 +9,6 @@ runs the matmuls in the autocast dtype and keeps the residual stream in float32.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -26,6 +24,12 @@ __all__ = [
     "FeatureStandardizer",
     "SinusoidalEmbedding",
     "joint_attention",
+    "TokenConv1d",
+    "SwiGLU",
+    "swiglu_hidden_dim",
+    "InputProjection",
+    "token_layer",
+    "apply_token_layer",
 ]
 
 
@@ -229,10 +233,12 @@ class SinusoidalEmbedding(nn.Module):
         """Embeds ``value`` of shape (B,) into (B, dim) (float32 features, weight-dtype output)."""
         # Frequencies are rebuilt in float32 on every call (cheap) rather than stored as a
         # buffer, so casting the module to bf16 cannot round them.
-        half = self.frequency_dim // 2
-        exponent = torch.arange(half, device=value.device, dtype=torch.float32) / half
-        freqs = torch.exp(-math.log(self.max_period) * exponent)
-        args = (value.float() * self.scale)[:, None] * freqs[None]
+        # The scale is folded into the frequencies and the powers are taken with float32
+        # ``pow``: the same rounding as the DiT/MMAudio reference, whose high frequencies
+        # (scale 1e4 with t in [0, 1]) amplify any one-ulp difference into the phase.
+        exponent = torch.arange(0, self.frequency_dim, 2, device=value.device, dtype=torch.float32) / self.frequency_dim
+        freqs = (1.0 / self.max_period ** exponent) * self.scale
+        args = value.float()[:, None] * freqs[None]
         features = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
         return linear(self.fc2, F.silu(linear(self.fc1, features)))
 
@@ -252,3 +258,114 @@ def joint_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) ->
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
     b, h, n, d = out.shape
     return out.transpose(1, 2).reshape(b, n, h * d)
+
+
+class TokenConv1d(nn.Conv1d):
+    """1-D convolution along the tokens of a ``(B, T, C)`` sequence, "same" padding.
+
+    Tokens where ``mask`` is False (padding at the end of a sample) are zeroed before the
+    convolution, so they read as the zero padding of an unpadded sequence and a padded
+    batch gives every real token the output it would have alone.
+
+    Args:
+        in_channels: input width.
+        out_channels: output width.
+        kernel_size: odd temporal kernel.
+        bias: learn an additive bias.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True) -> None:
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
+        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        """``x`` (B, T, in) and optional (B, T) bool mask -> (B, T, out) in the weights' dtype."""
+        x = x.to(self.weight.dtype)
+        if mask is not None:
+            x = x * mask[..., None].to(x.dtype)
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+def token_layer(in_dim: int, out_dim: int, kernel_size: int = 1, bias: bool = True) -> nn.Module:
+    """A per-token ``nn.Linear`` (kernel 1) or a :class:`TokenConv1d` (kernel > 1)."""
+    if kernel_size == 1:
+        return nn.Linear(in_dim, out_dim, bias=bias)
+    return TokenConv1d(in_dim, out_dim, kernel_size, bias=bias)
+
+
+def apply_token_layer(layer: nn.Module, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Runs a per-token ``nn.Linear`` or a token module taking ``(x, mask)`` (convolutions, projections)."""
+    if isinstance(layer, nn.Linear):
+        return linear(layer, x)
+    return layer(x, mask)
+
+
+def swiglu_hidden_dim(hidden_dim: int, multiple_of: int = 256) -> int:
+    """Hidden width of a SwiGLU replacing a GELU MLP of ``hidden_dim``.
+
+    Two thirds of it (three matrices instead of two keep the parameter count), rounded up to
+    a multiple of ``multiple_of`` (the LLaMA / SD3 / MMAudio convention).
+    """
+    width = int(2 * hidden_dim / 3)
+    return multiple_of * ((width + multiple_of - 1) // multiple_of)
+
+
+class SwiGLU(nn.Module):
+    """Gated feed-forward block ``w2(silu(w1 x) * w3 x)`` without biases.
+
+    With ``kernel_size > 1`` the three maps are convolutions along the tokens (a
+    convolutional MLP, as in MMAudio's audio and CLIP streams).
+
+    Args:
+        dim: input and output width.
+        hidden_dim: width of the gated hidden layer (already rounded, see
+            :func:`swiglu_hidden_dim`).
+        kernel_size: temporal kernel of the three maps (1 = per-token linears).
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, kernel_size: int = 1) -> None:
+        super().__init__()
+        self.w1 = token_layer(dim, hidden_dim, kernel_size, bias=False)
+        self.w2 = token_layer(hidden_dim, dim, kernel_size, bias=False)
+        self.w3 = token_layer(dim, hidden_dim, kernel_size, bias=False)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        gated = F.silu(apply_token_layer(self.w1, x, mask)) * apply_token_layer(self.w3, x, mask)
+        return apply_token_layer(self.w2, gated, mask)
+
+
+_ACTIVATIONS = {"silu": nn.SiLU, "selu": nn.SELU, "gelu": nn.GELU}
+
+
+class InputProjection(nn.Module):
+    """Maps encoder features to the transformer width: a linear/convolution, an optional
+    activation and an optional (convolutional) SwiGLU, in sequence (not residual).
+
+    Args:
+        in_dim: feature width.
+        dim: transformer width.
+        kernel_size: temporal kernel of the first map (1 = linear).
+        activation: ``"silu"``, ``"selu"``, ``"gelu"`` or ``None``.
+        mlp_kernel_size: kernel of the SwiGLU after it (``None`` = no SwiGLU).
+        mlp_ratio: the SwiGLU's nominal hidden width as a multiple of ``dim`` (before
+            :func:`swiglu_hidden_dim`).
+        multiple_of: rounding of the SwiGLU width.
+    """
+
+    def __init__(self, in_dim: int, dim: int, kernel_size: int = 1, activation: str | None = None,
+                 mlp_kernel_size: int | None = None, mlp_ratio: float = 4.0, multiple_of: int = 256) -> None:
+        super().__init__()
+        if activation is not None and activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)} or None, got {activation!r}")
+        self.proj = token_layer(in_dim, dim, kernel_size)
+        self.activation = _ACTIVATIONS[activation]() if activation is not None else None
+        self.mlp = (SwiGLU(dim, swiglu_hidden_dim(int(dim * mlp_ratio), multiple_of), mlp_kernel_size)
+                    if mlp_kernel_size is not None else None)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``x`` (B, T, in_dim) -> (B, T, dim) in the weights' dtype."""
+        h = apply_token_layer(self.proj, x, mask)
+        if self.activation is not None:
+            h = self.activation(h)
+        return self.mlp(h, mask) if self.mlp is not None else h

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -55,15 +56,20 @@ from foley.configurable import Configurable
 from foley.flow import FlowMatching
 from foley.models.layers import (
     MLP,
-    RMSNorm,
     FeatureStandardizer,
+    InputProjection,
+    RMSNorm,
     SinusoidalEmbedding,
+    SwiGLU,
     TemporalConvMLP,
+    apply_token_layer,
     joint_attention,
     layer_norm,
     linear,
     modulate,
     rms_normalize,
+    swiglu_hidden_dim,
+    token_layer,
 )
 from foley.models.rope import AlignedRoPE, apply_rope
 
@@ -121,6 +127,7 @@ class ConditionCache:
     clip_sin: Tensor
     global_cond: Tensor  # (B, hidden) float32, everything but the time embedding
     sync_modulation: list[Tensor]  # per audio-stream block + final layer: (B, Ta, k*hidden), weights' dtype
+    sync_tokens: Tensor | None = None  # sync_conditioning="summed": (B, Ta, hidden) float32, added to the condition
 
     @property
     def batch_size(self) -> int:
@@ -161,7 +168,8 @@ class ConditionCache:
             audio_cos=first.audio_cos, audio_sin=first.audio_sin,
             clip_cos=longest_clip.clip_cos, clip_sin=longest_clip.clip_sin,
             global_cond=torch.cat([c.global_cond for c in caches]),
-            sync_modulation=[torch.cat(parts) for parts in zip(*(c.sync_modulation for c in caches))])
+            sync_modulation=[torch.cat(parts) for parts in zip(*(c.sync_modulation for c in caches))],
+            sync_tokens=(torch.cat([c.sync_tokens for c in caches]) if first.sync_tokens is not None else None))
 
 
 def _mask_or_none(mask: Tensor) -> Tensor | None:
@@ -175,29 +183,42 @@ class _StreamLayers(nn.Module):
     """One stream's weights inside a block: adaLN modulation, QKV, Q/K norms, output, MLP.
 
     With ``pre_only`` (the last joint block's CLIP and text streams, whose outputs are
-    discarded) only the parts that produce keys and values exist.
+    discarded) only the parts that produce keys and values exist. With ``kernel_size > 1``
+    the attention-output projection and the MLP are convolutions along the tokens.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, pre_only: bool = False) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, pre_only: bool = False,
+                 kernel_size: int = 1, mlp: str = "gelu", multiple_of: int = 256,
+                 norm_eps: float = 1e-6, qk_norm_eps: float | None = 1e-6) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.pre_only = pre_only
+        self.norm_eps = norm_eps
+        self.qk_norm_eps = qk_norm_eps
         self.num_modulations = 2 if pre_only else 6
         self.modulation = nn.Linear(dim, self.num_modulations * dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.q_norm = RMSNorm(dim // num_heads)
         self.k_norm = RMSNorm(dim // num_heads)
         if not pre_only:
-            self.out = nn.Linear(dim, dim)
-            self.mlp = MLP(dim, int(dim * mlp_ratio))
+            self.out = token_layer(dim, dim, kernel_size)
+            if mlp == "gelu":
+                if kernel_size != 1:
+                    raise ValueError("a convolutional MLP needs mlp='swiglu'")
+                self.mlp = MLP(dim, int(dim * mlp_ratio))
+            else:
+                self.mlp = SwiGLU(dim, swiglu_hidden_dim(int(dim * mlp_ratio), multiple_of), kernel_size)
 
     def modulations(self, cond: Tensor, per_token: Tensor | None = None) -> list[Tensor]:
-        """Shift, 1 + scale and gate tensors (B, 1 or T, dim) from the global condition.
+        """Shift, 1 + scale and gate tensors (B, 1 or T, dim) from the condition.
 
-        The one of ``1 + scale`` is added to the small per-sample tensor before the
-        per-token sync part is added, so no per-token tensor is rebuilt for it.
+        ``cond`` is (B, dim) (one condition per sample) or (B, T, dim) (per token). The one
+        of ``1 + scale`` is added to the small per-sample tensor before the per-token sync
+        part is added, so no per-token tensor is rebuilt for it.
         """
-        mod = linear(self.modulation, cond)[:, None]
+        mod = linear(self.modulation, cond)
+        if mod.dim() == 2:
+            mod = mod[:, None]
         dim = mod.shape[-1] // self.num_modulations
         ones = torch.zeros(self.num_modulations, dim, dtype=mod.dtype, device=mod.device)
         ones[1::3] = 1  # scale slots: (shift, scale, gate) per sub-layer
@@ -206,38 +227,53 @@ class _StreamLayers(nn.Module):
             mod = mod + per_token
         return list(mod.chunk(self.num_modulations, dim=-1))
 
+    def _qk_eps(self, x: Tensor) -> float:
+        # None: the dtype's machine epsilon, as torch.nn.RMSNorm(eps=None) (MMAudio's Q/K norms).
+        return torch.finfo(x.dtype).eps if self.qk_norm_eps is None else self.qk_norm_eps
+
     def pre_attention(self, x: Tensor, mod: list[Tensor], rope: tuple[Tensor, Tensor] | None
                       ) -> tuple[Tensor, Tensor, Tensor]:
         """Returns q, k, v (B, heads, T, head_dim) in the weights' (or autocast) dtype."""
         b, t, d = x.shape
-        h = modulate(layer_norm(x), mod[0], mod[1])
+        h = modulate(layer_norm(x, self.norm_eps), mod[0], mod[1])
         qkv = linear(self.qkv, h).view(b, t, 3, self.num_heads, d // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        q, k = rms_normalize(q, self.q_norm.eps), rms_normalize(k, self.k_norm.eps)
+        q, k = rms_normalize(q, self._qk_eps(q)), rms_normalize(k, self._qk_eps(k))
         if rope is None:
             return q * self.q_norm.weight.to(q.dtype), k * self.k_norm.weight.to(k.dtype), v
         cos, sin = rope
         return (apply_rope(q, cos, sin, self.q_norm.weight), apply_rope(k, cos, sin, self.k_norm.weight), v)
 
-    def post_attention(self, x: Tensor, attended: Tensor, mod: list[Tensor]) -> Tensor:
-        """Gated residual updates with the attention output and the MLP."""
-        x = torch.addcmul(x, mod[2], linear(self.out, attended))
-        h = modulate(layer_norm(x), mod[3], mod[4])
-        return torch.addcmul(x, mod[5], self.mlp(h))
+    def post_attention(self, x: Tensor, attended: Tensor, mod: list[Tensor], mask: Tensor | None = None) -> Tensor:
+        """Gated residual updates with the attention output and the MLP (``mask``: (B, T) real tokens)."""
+        x = torch.addcmul(x, mod[2], apply_token_layer(self.out, attended, mask).to(x.dtype))
+        h = modulate(layer_norm(x, self.norm_eps), mod[3], mod[4])
+        update = self.mlp(h, mask) if isinstance(self.mlp, SwiGLU) else self.mlp(h)
+        return torch.addcmul(x, mod[5], update.to(x.dtype))
+
+
+def _stream_masks(cache: ConditionCache, audio_length: int, clip_length: int) -> tuple[Tensor | None, Tensor | None]:
+    """(audio, clip) token masks for the convolutional layers (None: all real)."""
+    if cache.joint_mask is None:
+        return cache.audio_mask, None
+    audio, clip, _ = cache.joint_mask.split([audio_length, clip_length, cache.joint_mask.shape[1]
+                                             - audio_length - clip_length], dim=1)
+    return audio, clip
 
 
 class _JointBlock(nn.Module):
     """Audio, CLIP and text streams with their own weights and one joint attention."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, last: bool) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, last: bool, audio_kernel_size: int = 1,
+                 clip_kernel_size: int = 1, **stream: object) -> None:
         super().__init__()
-        self.audio = _StreamLayers(dim, num_heads, mlp_ratio)
-        self.clip = _StreamLayers(dim, num_heads, mlp_ratio, pre_only=last)
-        self.text = _StreamLayers(dim, num_heads, mlp_ratio, pre_only=last)
+        self.audio = _StreamLayers(dim, num_heads, mlp_ratio, kernel_size=audio_kernel_size, **stream)
+        self.clip = _StreamLayers(dim, num_heads, mlp_ratio, pre_only=last, kernel_size=clip_kernel_size, **stream)
+        self.text = _StreamLayers(dim, num_heads, mlp_ratio, pre_only=last, **stream)
 
-    def forward(self, audio: Tensor, clip: Tensor, text: Tensor, cond: Tensor, sync_mod: Tensor,
-                cache: ConditionCache) -> tuple[Tensor, Tensor, Tensor]:
-        audio_mod = self.audio.modulations(cond, sync_mod)
+    def forward(self, audio: Tensor, clip: Tensor, text: Tensor, audio_cond: Tensor, cond: Tensor,
+                sync_mod: Tensor | None, cache: ConditionCache) -> tuple[Tensor, Tensor, Tensor]:
+        audio_mod = self.audio.modulations(audio_cond, sync_mod)
         clip_mod = self.clip.modulations(cond)
         text_mod = self.text.modulations(cond)
         qa, ka, va = self.audio.pre_attention(audio, audio_mod, (cache.audio_cos, cache.audio_sin))
@@ -246,9 +282,10 @@ class _JointBlock(nn.Module):
         attended = joint_attention(torch.cat([qa, qc, qt], dim=2), torch.cat([ka, kc, kt], dim=2),
                                    torch.cat([va, vc, vt], dim=2), cache.joint_mask)
         ta, tc = audio.shape[1], clip.shape[1]
-        audio = self.audio.post_attention(audio, attended[:, :ta], audio_mod)
+        audio_mask, clip_mask = _stream_masks(cache, ta, tc)
+        audio = self.audio.post_attention(audio, attended[:, :ta], audio_mod, audio_mask)
         if not self.clip.pre_only:
-            clip = self.clip.post_attention(clip, attended[:, ta:ta + tc], clip_mod)
+            clip = self.clip.post_attention(clip, attended[:, ta:ta + tc], clip_mod, clip_mask)
             text = self.text.post_attention(text, attended[:, ta + tc:], text_mod)
         return audio, clip, text
 
@@ -256,14 +293,15 @@ class _JointBlock(nn.Module):
 class _AudioBlock(nn.Module):
     """Audio-only transformer block (self-attention + MLP with adaLN)."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, audio_kernel_size: int = 1,
+                 **stream: object) -> None:
         super().__init__()
-        self.audio = _StreamLayers(dim, num_heads, mlp_ratio)
+        self.audio = _StreamLayers(dim, num_heads, mlp_ratio, kernel_size=audio_kernel_size, **stream)
 
-    def forward(self, audio: Tensor, cond: Tensor, sync_mod: Tensor, cache: ConditionCache) -> Tensor:
-        mod = self.audio.modulations(cond, sync_mod)
+    def forward(self, audio: Tensor, audio_cond: Tensor, sync_mod: Tensor | None, cache: ConditionCache) -> Tensor:
+        mod = self.audio.modulations(audio_cond, sync_mod)
         q, k, v = self.audio.pre_attention(audio, mod, (cache.audio_cos, cache.audio_sin))
-        return self.audio.post_attention(audio, joint_attention(q, k, v, cache.audio_mask), mod)
+        return self.audio.post_attention(audio, joint_attention(q, k, v, cache.audio_mask), mod, cache.audio_mask)
 
 
 class MMDiT(Configurable, nn.Module):
@@ -303,7 +341,19 @@ class MMDiT(Configurable, nn.Module):
                  latent_rate: float = 44100 / 1024, clip_rate: float = 8.0, sync_rate: float = 24.0,
                  max_text_tokens: int = 77, rope_base: float = 10000.0,
                  sync_kernel_size: int = 3, standardize_sync: bool = False,
-                 gradient_checkpointing: bool = False) -> None:
+                 gradient_checkpointing: bool = False,
+                 mlp: Literal["gelu", "swiglu"] = "gelu", swiglu_multiple_of: int = 256,
+                 audio_kernel_size: int = 1, clip_kernel_size: int = 1,
+                 input_projections: dict[str, dict[str, Any]] | None = None,
+                 sync_conditioning: Literal["per_block", "summed"] = "per_block",
+                 sync_resampling: Literal["time_linear", "length_nearest"] = "time_linear",
+                 sync_segment_length: int = 0,
+                 clip_rope_alignment: Literal["time", "length"] = "time",
+                 time_embedding: dict[str, float] | None = None,
+                 global_mlp: bool = False, duration_embeddings: bool = True,
+                 final_kernel_size: int = 1, final_sync: bool = True,
+                 empty_features: Literal["placeholder", "learned"] = "placeholder",
+                 norm_eps: float = 1e-6, qk_norm_eps: float | None = 1e-6) -> None:
         super().__init__()
         if hidden_dim % num_heads or (hidden_dim // num_heads) % 2:
             raise ValueError(f"hidden_dim must split into num_heads heads of even size (64 in the "
@@ -315,63 +365,116 @@ class MMDiT(Configurable, nn.Module):
         for name, rate in (("latent_rate", latent_rate), ("clip_rate", clip_rate), ("sync_rate", sync_rate)):
             if rate <= 0:
                 raise ValueError(f"{name} must be positive, got {rate}")
+        choices = {"mlp": (mlp, ("gelu", "swiglu")), "sync_conditioning": (sync_conditioning, ("per_block", "summed")),
+                   "sync_resampling": (sync_resampling, ("time_linear", "length_nearest")),
+                   "clip_rope_alignment": (clip_rope_alignment, ("time", "length")),
+                   "empty_features": (empty_features, ("placeholder", "learned"))}
+        for name, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        unknown = set(input_projections or {}) - {"audio", "clip", "sync", "text"}
+        if unknown:
+            raise ValueError(f"input_projections has unknown streams {sorted(unknown)}; use audio, clip, sync, text")
         self.latent_dim, self.hidden_dim, self.num_heads = latent_dim, hidden_dim, num_heads
         self.clip_dim, self.sync_dim, self.text_dim = clip_dim, sync_dim, text_dim
         self.latent_rate, self.clip_rate, self.sync_rate = float(latent_rate), float(clip_rate), float(sync_rate)
         self.max_text_tokens = max_text_tokens
         self.gradient_checkpointing = gradient_checkpointing
+        self.sync_conditioning, self.sync_resampling = sync_conditioning, sync_resampling
+        self.sync_segment_length = sync_segment_length
+        self.clip_rope_alignment = clip_rope_alignment
+        self.empty_features = empty_features
+        self.duration_embeddings, self.final_sync = duration_embeddings, final_sync
+        self.norm_eps = norm_eps
         self.rope = AlignedRoPE(hidden_dim // num_heads, latent_rate, rope_base)
         d = hidden_dim
 
-        self.audio_in = nn.Linear(latent_dim, d)
-        self.clip_in = nn.Linear(clip_dim, d)
-        self.text_in = nn.Linear(text_dim, d)
-        self.sync_standardizer = FeatureStandardizer(sync_dim) if standardize_sync else None
-        self.sync_in = nn.Linear(sync_dim, d)
-        self.sync_conv = TemporalConvMLP(d, 2 * d, sync_kernel_size) if sync_kernel_size > 1 else None
-        self.sync_mlp = MLP(d, d)
-        self.clip_placeholder = nn.Parameter(torch.zeros(d))
-        self.sync_placeholder = nn.Parameter(torch.zeros(d))
-        self.text_placeholder = nn.Parameter(torch.zeros(d))
+        def projection(stream: str, in_dim: int) -> nn.Module:
+            spec = (input_projections or {}).get(stream)
+            if spec is None:
+                return nn.Linear(in_dim, d)
+            return InputProjection(in_dim, d, multiple_of=swiglu_multiple_of, **spec)
 
-        self.time_embed = SinusoidalEmbedding(d, scale=1000.0)
-        self.start_embed = SinusoidalEmbedding(d, scale=10.0)
-        self.total_embed = SinusoidalEmbedding(d, scale=10.0)
+        self.audio_in = projection("audio", latent_dim)
+        self.clip_in = projection("clip", clip_dim)
+        self.text_in = projection("text", text_dim)
+        self.sync_standardizer = FeatureStandardizer(sync_dim) if standardize_sync else None
+        self.sync_segment_embedding = (nn.Parameter(torch.zeros(sync_segment_length, sync_dim))
+                                       if sync_segment_length > 0 else None)
+        self.sync_in = projection("sync", sync_dim)
+        self.sync_conv = TemporalConvMLP(d, 2 * d, sync_kernel_size) if sync_kernel_size > 1 else None
+        if empty_features == "placeholder":
+            # Learned tokens at the transformer width that replace an absent/dropped stream.
+            self.clip_placeholder = nn.Parameter(torch.zeros(d))
+            self.sync_placeholder = nn.Parameter(torch.zeros(d))
+            self.text_placeholder = nn.Parameter(torch.zeros(d))
+        else:
+            # Learned *features* in each encoder's own space (MMAudio's empty_*_feat): a dropped
+            # stream goes through the same input projection as a real one.
+            self.empty_clip = nn.Parameter(torch.zeros(clip_dim))
+            self.empty_sync = nn.Parameter(torch.zeros(sync_dim))
+            self.empty_text = nn.Parameter(torch.zeros(max_text_tokens, text_dim))
+
+        time_spec = {"frequency_dim": 256, "scale": 1000.0, "max_period": 10000.0, **(time_embedding or {})}
+        self.time_embed = SinusoidalEmbedding(d, **time_spec)
+        if duration_embeddings:
+            self.start_embed = SinusoidalEmbedding(d, scale=10.0)
+            self.total_embed = SinusoidalEmbedding(d, scale=10.0)
         self.clip_pool = nn.Linear(d, d)
         self.text_pool = nn.Linear(d, d)
+        self.global_mlp = SwiGLU(d, swiglu_hidden_dim(4 * d, swiglu_multiple_of)) if global_mlp else None
 
+        stream = {"mlp": mlp, "multiple_of": swiglu_multiple_of, "norm_eps": norm_eps, "qk_norm_eps": qk_norm_eps}
         self.joint_blocks = nn.ModuleList(
-            _JointBlock(d, num_heads, mlp_ratio, last=i == joint_depth - 1) for i in range(joint_depth))
-        self.audio_blocks = nn.ModuleList(_AudioBlock(d, num_heads, mlp_ratio) for _ in range(audio_depth))
-        # Per-token sync contribution to each audio-stream modulation (6 per block, 2 final).
-        self.sync_modulation = nn.ModuleList(
-            nn.Linear(d, 6 * d) for _ in range(joint_depth + audio_depth))
-        self.final_sync_modulation = nn.Linear(d, 2 * d)
+            _JointBlock(d, num_heads, mlp_ratio, last=i == joint_depth - 1, audio_kernel_size=audio_kernel_size,
+                        clip_kernel_size=clip_kernel_size, **stream) for i in range(joint_depth))
+        self.audio_blocks = nn.ModuleList(_AudioBlock(d, num_heads, mlp_ratio, audio_kernel_size, **stream)
+                                          for _ in range(audio_depth))
+        if sync_conditioning == "per_block":
+            self.sync_mlp = MLP(d, d)
+            # Per-token sync contribution to each audio-stream modulation (6 per block, 2 final).
+            self.sync_modulation = nn.ModuleList(
+                nn.Linear(d, 6 * d) for _ in range(joint_depth + audio_depth))
+            if final_sync:
+                self.final_sync_modulation = nn.Linear(d, 2 * d)
         self.final_modulation = nn.Linear(d, 2 * d)
-        self.final_out = nn.Linear(d, latent_dim)
+        self.final_out = token_layer(d, latent_dim, final_kernel_size)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Xavier linears, small random placeholders, zero modulations, output and sync-conv residual.
 
         Zero modulations make every block the identity at initialisation (adaLN-Zero)
-        and the zero output layer starts training from v = 0.
+        and the zero output layer starts training from v = 0. Learned empty features
+        start at zero (MMAudio's initialisation).
         """
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
-        for placeholder in (self.clip_placeholder, self.sync_placeholder, self.text_placeholder):
-            nn.init.normal_(placeholder, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        if self.empty_features == "placeholder":
+            for placeholder in (self.clip_placeholder, self.sync_placeholder, self.text_placeholder):
+                nn.init.normal_(placeholder, std=0.02)
+        else:
+            for empty in (self.empty_clip, self.empty_sync, self.empty_text):
+                nn.init.zeros_(empty)
+        if self.sync_segment_embedding is not None:
+            nn.init.zeros_(self.sync_segment_embedding)
         zero = [b.audio.modulation for b in self.audio_blocks]
         for block in self.joint_blocks:
             zero += [block.audio.modulation, block.clip.modulation, block.text.modulation]
-        zero += list(self.sync_modulation) + [self.final_sync_modulation, self.final_modulation, self.final_out]
+        if self.sync_conditioning == "per_block":
+            zero += list(self.sync_modulation)
+            if self.final_sync:
+                zero.append(self.final_sync_modulation)
+        zero += [self.final_modulation, self.final_out]
         if self.sync_conv is not None:  # its residual branch starts as the identity
             zero.append(self.sync_conv.conv2)
         for layer in zero:
             nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
 
     # ------------------------------------------------------------------ conditions
     def _check(self, name: str, value: Tensor | None, dim: int, mask: Tensor | None, batch: int) -> None:
@@ -387,23 +490,93 @@ class MMDiT(Configurable, nn.Module):
         if mask is not None and mask.shape != value.shape[:2]:
             raise ValueError(f"{name}_mask must have shape {tuple(value.shape[:2])}, got {tuple(mask.shape)}")
 
+    @property
+    def _stream_dtype(self) -> torch.dtype:
+        return self.final_modulation.weight.dtype
+
+    def _drop_flags(self, drop: Tensor | None, mask: Tensor | None, batch: int, device: torch.device) -> Tensor:
+        """(B,) True where a stream is dropped or has no real token (then it is missing)."""
+        drop = torch.zeros(batch, dtype=torch.bool, device=device) if drop is None else drop.to(device).bool()
+        return drop if mask is None else drop | ~mask.any(dim=1)
+
     def _token_stream(self, tokens: Tensor | None, mask: Tensor | None, drop: Tensor | None,
-                      projection: nn.Linear, placeholder: Tensor, batch: int, device: torch.device
-                      ) -> tuple[Tensor, Tensor]:
-        """Projects a CLIP/text stream; absent or dropped -> one placeholder token."""
+                      projection: nn.Module, empty: Tensor, batch: int, device: torch.device,
+                      empty_length: int = 1) -> tuple[Tensor, Tensor]:
+        """Projects a CLIP/text stream, substituting the empty condition where absent or dropped.
+
+        ``placeholder`` mode: one learned token at the transformer width. ``learned`` mode:
+        learned features in the encoder's space, ``empty`` (D,) repeated or (T, D) per
+        token, projected like real features; an absent stream gets ``empty_length`` tokens.
+        """
+        learned = self.empty_features == "learned"
         if tokens is None:
-            hidden = placeholder.expand(batch, 1, -1)
-            return hidden, torch.ones(batch, 1, dtype=torch.bool, device=device)
-        hidden = linear(projection, tokens).to(placeholder.dtype)
+            if not learned:
+                hidden = empty.expand(batch, 1, -1)
+                return hidden, torch.ones(batch, 1, dtype=torch.bool, device=device)
+            tokens = (empty.expand(batch, empty_length, -1) if empty.dim() == 1 else empty.expand(batch, -1, -1))
+            return apply_token_layer(projection, tokens).to(self._stream_dtype), torch.ones(
+                batch, tokens.shape[1], dtype=torch.bool, device=device)
+        drop = self._drop_flags(drop, mask, batch, device)
         if mask is None:
             mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=device)
+        if learned:
+            if empty.dim() == 2 and empty.shape[0] != tokens.shape[1]:
+                raise ValueError(f"the learned empty text has {empty.shape[0]} tokens but the text has "
+                                 f"{tokens.shape[1]}; pad or truncate the text features to {empty.shape[0]} tokens")
+            tokens = torch.where(drop[:, None, None], empty.to(tokens.dtype), tokens)
+            # Dropped samples attend to all of their empty tokens (as MMAudio's empty conditions).
+            mask = torch.where(drop[:, None], True, mask.bool())
+            return apply_token_layer(projection, tokens, mask).to(self._stream_dtype), mask
+        hidden = apply_token_layer(projection, tokens, mask).to(empty.dtype)
         first_only = torch.zeros_like(mask)
         first_only[:, 0] = True
-        drop = torch.zeros(batch, dtype=torch.bool, device=device) if drop is None else drop.to(device)
-        drop = drop | ~mask.any(dim=1)  # a sample without any real token has the modality missing
-        hidden = torch.where(drop[:, None, None], placeholder, hidden)
+        hidden = torch.where(drop[:, None, None], empty, hidden)
         mask = torch.where(drop[:, None], first_only, mask.bool())
         return hidden, mask
+
+    def _sync_stream(self, sync: Tensor | None, sync_mask: Tensor | None, drop_sync: Tensor | None,
+                     audio_length: int, batch: int, device: torch.device) -> Tensor:
+        """Sync tokens projected and resampled to the audio latent frames: (B, Ta, hidden)."""
+        learned = self.empty_features == "learned"
+        if sync is None and learned:  # MMAudio's empty sync: the learned feature at every token
+            length = max(1, round(audio_length / self.latent_rate * self.sync_rate))
+            if self.sync_segment_length:
+                length = -(-length // self.sync_segment_length) * self.sync_segment_length
+            sync = self.empty_sync.expand(batch, length, -1)
+            drop_sync = sync_mask = None
+        if sync is None:
+            sync_h = self.sync_placeholder.expand(batch, 1, -1)
+            sync_len = torch.ones(batch, dtype=torch.long, device=device)
+        else:
+            if self.sync_standardizer is not None:
+                sync = self.sync_standardizer(sync, sync_mask)
+            # Still routed through where() when nothing is dropped, to keep the empty
+            # condition in the graph (DDP without find_unused_parameters).
+            drop_sync = self._drop_flags(drop_sync, sync_mask, batch, device)
+            if learned:
+                sync = torch.where(drop_sync[:, None, None], self.empty_sync.to(sync.dtype), sync)
+            if self.sync_segment_embedding is not None:
+                b, t, c = sync.shape
+                segment = self.sync_segment_length
+                if t % segment:
+                    raise ValueError(f"sync has {t} tokens, not a whole number of {segment}-token Synchformer "
+                                     "segments; pass the encoder's output unchanged")
+                sync = (sync.view(b, t // segment, segment, c) + self.sync_segment_embedding.to(sync.dtype)).view(b, t, c)
+            sync_len = (sync_mask.sum(1) if sync_mask is not None
+                        else torch.full((batch,), sync.shape[1], dtype=torch.long, device=device))
+            sync_h = apply_token_layer(self.sync_in, sync, sync_mask)
+            if learned:
+                sync_h = sync_h.to(self._stream_dtype)
+            else:
+                sync_h = torch.where(drop_sync[:, None, None], self.sync_placeholder,
+                                     sync_h.to(self.sync_placeholder.dtype))
+        if self.sync_conv is not None:
+            sync_h = self.sync_conv(sync_h, sync_len)
+        if self.sync_resampling == "length_nearest":
+            # Whole sequence onto the latent frames by length ratio (MMAudio's nearest-exact).
+            return F.interpolate(sync_h.transpose(1, 2), size=audio_length, mode="nearest-exact").transpose(1, 2)
+        audio_times = torch.arange(audio_length, device=device, dtype=torch.float32) / self.latent_rate
+        return resample_to_times(sync_h, sync_len, self.sync_rate, audio_times)
 
     def prepare_conditions(self, audio_length: int, *, seconds_start: Tensor, seconds_total: Tensor,
                            clip: Tensor | None = None, clip_mask: Tensor | None = None,
@@ -430,57 +603,54 @@ class MMDiT(Configurable, nn.Module):
         if audio_mask is not None and audio_mask.shape != (batch, audio_length):
             raise ValueError(f"audio_mask must have shape {(batch, audio_length)}, got {tuple(audio_mask.shape)}")
 
+        learned = self.empty_features == "learned"
+        clip_length = max(1, int(audio_length / self.latent_rate * self.clip_rate))
         clip_h, clip_m = self._token_stream(clip, clip_mask, drop_clip, self.clip_in,
-                                            self.clip_placeholder, batch, device)
+                                            self.empty_clip if learned else self.clip_placeholder,
+                                            batch, device, clip_length)
         text_h, text_m = self._token_stream(text, text_mask, drop_text, self.text_in,
-                                            self.text_placeholder, batch, device)
+                                            self.empty_text if learned else self.text_placeholder, batch, device)
 
         def masked_mean(hidden: Tensor, mask: Tensor) -> Tensor:
+            if bool(mask.all()) if mask.device.type == "cpu" else False:
+                return hidden.float().mean(1)  # the plain mean (same rounding as an unmasked reference)
             weights = mask.float()[..., None]
             return (hidden.float() * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
         global_cond = (linear(self.clip_pool, masked_mean(clip_h, clip_m)).float()
-                       + linear(self.text_pool, masked_mean(text_h, text_m)).float()
-                       + self.start_embed(seconds_start).float()
-                       + self.total_embed(seconds_total).float())
+                       + linear(self.text_pool, masked_mean(text_h, text_m)).float())
+        if self.global_mlp is not None:
+            global_cond = self.global_mlp(global_cond).float()
+        if self.duration_embeddings:
+            global_cond = global_cond + self.start_embed(seconds_start).float() + self.total_embed(seconds_total).float()
 
-        # Sync: project at its own rate, substitute the placeholder, interpolate to the
-        # audio latent instants, then one linear map per audio-stream block.
-        audio_times = torch.arange(audio_length, device=device, dtype=torch.float32) / self.latent_rate
-        if sync is None:
-            sync_h = self.sync_placeholder.expand(batch, 1, -1)
-            sync_len = torch.ones(batch, dtype=torch.long, device=device)
+        sync_h = self._sync_stream(sync, sync_mask, drop_sync, audio_length, batch, device)
+        sync_modulation: list[Tensor] = []
+        sync_tokens = None
+        if self.sync_conditioning == "per_block":
+            # One linear map of the (time-independent) sync embedding per audio-stream block.
+            sync_embedding = F.silu(self.sync_mlp(sync_h))
+            dtype = self._stream_dtype
+            sync_modulation = [linear(layer, sync_embedding).to(dtype) for layer in self.sync_modulation]
+            if self.final_sync:
+                sync_modulation.append(linear(self.final_sync_modulation, sync_embedding).to(dtype))
         else:
-            if self.sync_standardizer is not None:
-                sync = self.sync_standardizer(sync, sync_mask)
-            sync_h = linear(self.sync_in, sync).to(self.sync_placeholder.dtype)
-            if drop_sync is None:  # still routed through where() to keep the placeholder in the graph (DDP)
-                drop_sync = torch.zeros(batch, dtype=torch.bool, device=device)
-            drop_sync = drop_sync.to(device)
-            if sync_mask is not None:
-                sync_len = sync_mask.sum(1)
-                drop_sync = drop_sync | (sync_len == 0)  # no real token: the modality is missing
-            else:
-                sync_len = torch.full((batch,), sync.shape[1], dtype=torch.long, device=device)
-            sync_h = torch.where(drop_sync[:, None, None], self.sync_placeholder, sync_h)
-        if self.sync_conv is not None:
-            sync_h = self.sync_conv(sync_h, sync_len)
-        sync_at_audio = resample_to_times(sync_h, sync_len, self.sync_rate, audio_times)
-        sync_embedding = F.silu(self.sync_mlp(sync_at_audio))
-        dtype = self.sync_placeholder.dtype
-        sync_modulation = [linear(layer, sync_embedding).to(dtype) for layer in self.sync_modulation]
-        sync_modulation.append(linear(self.final_sync_modulation, sync_embedding).to(dtype))
+            sync_tokens = sync_h.float()
 
         if audio_mask is None:
             audio_mask = torch.ones(batch, audio_length, dtype=torch.bool, device=device)
         joint_mask = torch.cat([audio_mask.bool(), clip_m, text_m], dim=1)
         audio_cos, audio_sin = self.rope.tables(audio_length, self.latent_rate, device)
-        clip_cos, clip_sin = self.rope.tables(clip_h.shape[1], self.clip_rate, device)
+        # "length": CLIP token i sits at latent position i * Ta / Tc (MMAudio's alignment by
+        # sequence lengths); "time": at the latent index showing the same instant.
+        clip_rate = (self.latent_rate * clip_h.shape[1] / audio_length if self.clip_rope_alignment == "length"
+                     else self.clip_rate)
+        clip_cos, clip_sin = self.rope.tables(clip_h.shape[1], clip_rate, device)
         return ConditionCache(
             audio_length=audio_length, clip_tokens=clip_h, text_tokens=text_h,
             audio_mask=_mask_or_none(audio_mask.bool()), joint_mask=_mask_or_none(joint_mask),
             audio_cos=audio_cos, audio_sin=audio_sin, clip_cos=clip_cos, clip_sin=clip_sin,
-            global_cond=global_cond, sync_modulation=sync_modulation)
+            global_cond=global_cond, sync_modulation=sync_modulation, sync_tokens=sync_tokens)
 
     # --------------------------------------------------------------------- forward
     def forward_cached(self, x: Tensor, t: Tensor, cache: ConditionCache) -> Tensor:
@@ -492,18 +662,27 @@ class MMDiT(Configurable, nn.Module):
         if x.shape[1] != cache.audio_length or x.shape[0] != cache.batch_size:
             raise ValueError(f"x has shape {tuple(x.shape)} but the conditions were prepared for "
                              f"batch {cache.batch_size} and {cache.audio_length} latent frames")
-        cond = F.silu(self.time_embed(t).float() + cache.global_cond)
+        condition = self.time_embed(t).float() + cache.global_cond
+        cond = F.silu(condition)
+        # "summed": the audio stream is modulated by silu(condition + sync token), per token.
+        audio_cond = cond if cache.sync_tokens is None else F.silu(condition[:, None] + cache.sync_tokens)
+        sync_mods: list[Tensor | None] = list(cache.sync_modulation) or [None] * (
+            len(self.joint_blocks) + len(self.audio_blocks))
         # Residual streams live in the weights' dtype: float32 for training (also under
         # autocast), bf16 for a model cast with .to(torch.bfloat16).
-        audio = linear(self.audio_in, x).to(self.audio_in.weight.dtype)
+        audio = apply_token_layer(self.audio_in, x, cache.audio_mask).to(self._stream_dtype)
         clip, text = cache.clip_tokens, cache.text_tokens
         for i, block in enumerate(self.joint_blocks):
-            audio, clip, text = self._run(block, audio, clip, text, cond, cache.sync_modulation[i], cache)
+            audio, clip, text = self._run(block, audio, clip, text, audio_cond, cond, sync_mods[i], cache)
         offset = len(self.joint_blocks)
         for i, block in enumerate(self.audio_blocks):
-            audio = self._run(block, audio, cond, cache.sync_modulation[offset + i], cache)
-        shift, scale = (linear(self.final_modulation, cond)[:, None] + cache.sync_modulation[-1]).chunk(2, dim=-1)
-        return linear(self.final_out, modulate(layer_norm(audio), shift, 1 + scale)).to(x.dtype)
+            audio = self._run(block, audio, audio_cond, sync_mods[offset + i], cache)
+        modulation = linear(self.final_modulation, cond)[:, None]
+        if self.sync_conditioning == "per_block" and self.final_sync:
+            modulation = modulation + cache.sync_modulation[-1]
+        shift, scale = modulation.chunk(2, dim=-1)
+        hidden = modulate(layer_norm(audio, self.norm_eps), shift, 1 + scale)
+        return apply_token_layer(self.final_out, hidden, cache.audio_mask).to(x.dtype)
 
     def _run(self, block: nn.Module, *args: object):
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():

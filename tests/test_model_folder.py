@@ -394,3 +394,23 @@ def test_old_bundles_load_and_convert(video: Path, tmp_path: Path, caplog: pytes
     torch.save({"state_dict": {}, "hyper_parameters": {}}, checkpoint)
     with pytest.raises(ModelFolderError, match="foley export --flow_ckpt"):
         FoleyPipeline.from_pretrained(checkpoint)
+
+
+def test_a_model_without_stage_3_renders_dual_mono(tmp_path: Path, video: Path) -> None:
+    """No stereo component (converted MMAudio models): both channels are the vocoded generated mel."""
+    torch.manual_seed(0)
+    pipeline = tiny_real_pipeline(window_seconds=1.0, overlap_seconds=0.25)
+    pipeline.stereo = None
+    folder = pipeline.save_pretrained(tmp_path / "mono")
+    assert not (folder / "stereo.json").exists() and not (folder / "stereo.safetensors").exists()
+    loaded = FoleyPipeline.from_pretrained(folder)
+    assert loaded.stereo is None
+    audio = loaded(video, seed=1, duration=0.8)  # one window: the output is that window's vocoding
+    assert audio.shape == (2, round(0.8 * SR))
+    assert torch.equal(audio[0], audio[1]) and audio.abs().max() > 0
+    assert torch.equal(audio, pipeline(video, seed=1, duration=0.8))
+    handle, _, _ = loaded._open(video, None, 0.0, 0.8, "auto")
+    batch = loaded._window_batch(handle, [0.0], round(0.8 * SR), None, video.name)
+    mel = loaded.flow.latent_mel(loaded.flow.generate_latents(batch, seed=1, noise=None))
+    expected = loaded.flow.codec.vocode(mel)[0, : round(0.8 * SR)].clamp(-1, 1)
+    torch.testing.assert_close(audio[0], expected.float(), rtol=0, atol=1e-6)

@@ -20,7 +20,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 # Files every model folder has; pipeline.json lists the rest (which encoders, stored or referenced).
 _CORE_FILES = (PIPELINE_FILE, "codec.json", "codec.safetensors", "generator.json", "generator.safetensors",
-               "stereo.json", "stereo.safetensors")
+               "stereo.json and stereo.safetensors (models with a stage 3)")
 
 
 class HubUnavailableError(ModelFolderError):

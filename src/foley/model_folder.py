@@ -9,7 +9,7 @@ Layout (format version 1)::
       codec.safetensors        its state dict (with the latent statistics)
       generator.json           the MM-DiT
       generator.safetensors    its state dict (the EMA weights when it was trained with EMA)
-      stereo.json              Mono2Stereo
+      stereo.json              Mono2Stereo (absent in a model without stage 3: dual mono output)
       stereo.safetensors       its state dict
       encoders/<name>.json     frozen encoders (clip_encoder, sync_encoder, text_encoder) present
                                in the model; the config *references* the weights (open_clip /
@@ -191,10 +191,11 @@ def save_model_folder(
     """
     out = Path(out)
     flow, stereo = pipeline.flow, pipeline.stereo
-    for part, attributes in ((flow, ("codec", "inference_network", "flow")), (stereo, ("network", "codec"))):
+    parts = [(flow, ("codec", "inference_network", "flow"))] + ([(stereo, ("network", "codec"))] if stereo is not None else [])
+    for part, attributes in parts:
         if not all(hasattr(part, a) for a in attributes):
             raise TypeError(f"cannot save a {type(part).__name__}: a model folder holds a FlowModule and a StereoModule")
-    if stereo.codec is not flow.codec and not _same_weights(stereo.codec, flow.codec):
+    if stereo is not None and stereo.codec is not flow.codec and not _same_weights(stereo.codec, flow.codec):
         raise ValueError("stage 3 renders with a different codec than stage 2 generates with; a model folder holds one codec")
     generation = pipeline.generation
     index: dict[str, Any] = {
@@ -204,14 +205,15 @@ def save_model_folder(
         "settings": dataclass_config(pipeline.settings),
         "generation": dataclass_config(generation),
         "flow_matching": flow.flow.init_config(),
-        "stereo": {"video_stream": stereo.video_stream, "render": stereo.render},
+        "stereo": {"video_stream": stereo.video_stream, "render": stereo.render} if stereo is not None else None,
         "components": {},
     }
     with _atomic_folder(out, overwrite) as root:
         components = index["components"]
         components["codec"] = _write_component(root, "codec", flow.codec, weights=True)
         components["generator"] = _write_component(root, "generator", flow.inference_network, weights=True)
-        components["stereo"] = _write_component(root, "stereo", stereo.network, weights=True)
+        if stereo is not None:
+            components["stereo"] = _write_component(root, "stereo", stereo.network, weights=True)
         for name in ENCODERS:
             encoder = getattr(flow, name, None)
             if encoder is not None:
@@ -336,7 +338,7 @@ def load_model_folder(folder: str | os.PathLike[str], device: str | torch.device
             + ("upgrade foley" if isinstance(version, int) and version > FORMAT_VERSION else "re-export the model with `foley export`")
         )
     components = index.get("components") or {}
-    for required in ("codec", "generator", "stereo"):
+    for required in ("codec", "generator"):
         if required not in components:
             raise ModelFolderError(f"{where}: no {required!r} component")
     try:
@@ -356,10 +358,12 @@ def load_model_folder(folder: str | os.PathLike[str], device: str | torch.device
         network=network, flow=flow_matching, codec=codec, **encoders, ema_decay=0.0,  # the stored weights are the EMA's
         cfg_strength=defaults.cfg, sample_steps=defaults.steps, sampler=defaults.sampler,
     )
-    stereo_network = _load_component(root, "stereo", components["stereo"], Mono2Stereo)
-    rendering = index.get("stereo") or {}
-    stereo = StereoModule(network=stereo_network, codec=codec, video_stream=rendering.get("video_stream", "sync"),
-                          render=rendering.get("render", "vocoder"), num_examples=0)
+    stereo = None  # no stage 3: dual mono (FoleyPipeline)
+    if "stereo" in components:
+        stereo_network = _load_component(root, "stereo", components["stereo"], Mono2Stereo)
+        rendering = index.get("stereo") or {}
+        stereo = StereoModule(network=stereo_network, codec=codec, video_stream=rendering.get("video_stream", "sync"),
+                              render=rendering.get("render", "vocoder"), num_examples=0)
     pipeline = FoleyPipeline(flow, stereo, stream_settings, negative_prompt=defaults.negative_prompt)
     logger.info("loaded model folder %s (%s, %s)", root, index.get("written_by", "?"), defaults)
     return pipeline.to(device)

@@ -73,7 +73,9 @@ class FoleyPipeline(nn.Module):
             -> (B, T, C)``, ``latent_mel(latents) -> (B, n_mels, F)``, ``samples_per_latent``,
             ``latent_channels``). Its ``sample_steps``, ``cfg_strength`` and ``sampler`` are the
             generation defaults.
-        stereo: stage-3 module with ``generate(batch) -> (B, 2, N)`` from ``batch["mel_mono"]``.
+        stereo: stage-3 module with ``generate(batch) -> (B, 2, N)`` from ``batch["mel_mono"]``, or
+            ``None`` for dual mono: both channels are the codec's vocoding of the generated mel
+            (models without a stage 3, e.g. converted MMAudio networks).
         settings: frame streams, window length and joins.
         negative_prompt: default negative prompt of :meth:`forward`.
     """
@@ -81,13 +83,13 @@ class FoleyPipeline(nn.Module):
     def __init__(
         self,
         flow: nn.Module,
-        stereo: nn.Module,
+        stereo: nn.Module | None,
         settings: PipelineSettings | None = None,
         negative_prompt: str | None = None,
     ) -> None:
         super().__init__()
         self.flow = flow.eval()
-        self.stereo = stereo.eval()
+        self.stereo = stereo.eval() if stereo is not None else None
         self.settings = settings or PipelineSettings()
         self.negative_prompt = negative_prompt or None
 
@@ -304,6 +306,14 @@ class FoleyPipeline(nn.Module):
             )
         return handle, name, float(duration)
 
+    def _render_stereo(self, batch: dict[str, Any], length: int) -> Tensor:
+        """(B, 2, length) from ``batch["mel_mono"]``: stage 3, or dual mono without one."""
+        if self.stereo is not None:
+            return self.stereo.generate(batch)
+        with torch.autocast(device_type=batch["mel_mono"].device.type, enabled=False):
+            mono = self.flow.codec.vocode(batch["mel_mono"].float())[..., :length].float().clamp(-1.0, 1.0)
+        return mono.reshape(mono.shape[0], 1, -1).expand(-1, 2, -1)
+
     @torch.no_grad()
     def forward(
         self,
@@ -373,7 +383,7 @@ class FoleyPipeline(nn.Module):
             if s.continuity == "inpaint":
                 previous = (group[-1], latents[-1, : latent_frames(group[-1], grid)[1]].detach().cpu())
             batch["mel_mono"] = self.flow.latent_mel(latents)
-            stereo = self.stereo.generate(batch)
+            stereo = self._render_stereo(batch, group[0].length)
             chunks.extend(stereo.float().cpu().unbind(0))
         audio = join_windows(chunks, windows, kind=s.crossfade)
         if audio.shape[-1] != total:  # the plan covers every sample, so this is a programming error

@@ -387,8 +387,9 @@ def run(settings: DemoSettings) -> dict:
     logger.info(
         "the demo model is in %s. Use it with\n  foley generate VIDEOS --model %s --out OUT\nor in Python:\n"
         "  from foley import FoleyPipeline\n  pipe = FoleyPipeline.from_pretrained(%r)\n"
-        "  audio = pipe(\"clip.mp4\", prompt=\"a ball bounces\")  # (2, N) float32 at 44.1 kHz",
-        model, model, str(model),
+        "  audio = pipe(\"clip.mp4\", prompt=\"a ball bounces\")  # (2, N) float32 at 44.1 kHz\n"
+        "or in the browser (upload a video, hear stereo Foley):\n  foley app --model %s",
+        model, model, str(model), model,
     )
     return report
 

@@ -44,6 +44,7 @@ TOOL_COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("foley.generate:generate", "Generate stereo Foley for videos and mux it into mp4."),
     "export": ("foley.export:export", "Write a model folder (JSON + safetensors) from `foley fit` checkpoints."),
     "app": ("foley.app:app", "Serve a web page (Gradio) that adds stereo Foley to an uploaded video."),
+    "convert mmaudio": ("foley.convert.mmaudio:convert", "Convert MMAudio's released 44.1 kHz checkpoints to a model folder."),
 }
 
 
@@ -144,7 +145,7 @@ def overview() -> str:
     lines = ["usage: foley <command> [options]   (foley <command> --help for details)", "", "Training and evaluation (LightningCLI):"]
     lines += [f"  {name:<10} {text}" for name, text in LIGHTNING_COMMANDS.items()]
     lines += ["", "Data and inference tools:"]
-    lines += [f"  {name:<10} {text}" for name, (_, text) in TOOL_COMMANDS.items()]
+    lines += [f"  {name:<16} {text}" for name, (_, text) in TOOL_COMMANDS.items()]
     lines += ["", "Example: foley fit --config configs/stage2.yaml --config configs/sizes/small.yaml"]
     return "\n".join(lines)
 
@@ -160,6 +161,8 @@ def main(args: Sequence[str] | None = None) -> Any:
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(overview() + "\n")
         return None
+    if argv[0] == "convert" and len(argv) > 1 and not argv[1].startswith("-"):
+        argv = [f"convert {argv[1]}", *argv[2:]]  # `foley convert mmaudio ...`: one tool per source
     if argv[0] in TOOL_COMMANDS:
         if not logging.getLogger().handlers:
             logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from foley.cli import LIGHTNING_COMMANDS, TOOL_COMMANDS, FoleyCLI, main, parse_tool_args
+from foley.cli import LIGHTNING_COMMANDS, TOOL_COMMANDS, FoleyCLI, main, parse_tool_args, tool_argv
 from foley.quiet import silence_expected_warnings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,7 +109,7 @@ def documented_commands(paths: list[Path] = DOCS) -> list[DocCommand]:
 
 def commands_outside_shell_blocks(paths: list[Path] = DOCS) -> list[str]:
     """``file:line`` of command-like lines (``foley <subcommand> --…``) in untagged or non-shell blocks."""
-    subcommands = "|".join([*LIGHTNING_COMMANDS, *TOOL_COMMANDS])
+    subcommands = "|".join(re.escape(name) for name in [*LIGHTNING_COMMANDS, *TOOL_COMMANDS])
     pattern = re.compile(rf"^(\$ )?foley ({subcommands})\b.* --?[a-z]")
     return [_where(path, number) for path in paths for number, language, line in _fenced_lines(path)
             if language not in SHELL_FENCES and pattern.match(line)]
@@ -128,7 +128,7 @@ class _ParseOnlyCLI(FoleyCLI):
 
 def parse_error(command: str, capsys: pytest.CaptureFixture[str]) -> str | None:
     """Why ``command`` (a ``foley …`` line) does not parse, or None if it does."""
-    argv = shlex.split(command, comments=True)[1:]
+    argv = tool_argv(shlex.split(command, comments=True)[1:])
     if not argv or argv[0] in ("-h", "--help"):
         main(argv)
         return None

@@ -140,6 +140,14 @@ def _normalise_tool_argv(function: Callable[..., Any], argv: Sequence[str]) -> l
     return out
 
 
+def tool_argv(argv: Sequence[str]) -> list[str]:
+    """Joins two-word tools: ``convert mmaudio ...`` -> ``["convert mmaudio", ...]`` (one tool per source)."""
+    argv = list(argv)
+    if len(argv) > 1 and argv[0] == "convert" and not argv[1].startswith("-"):
+        return [f"convert {argv[1]}", *argv[2:]]
+    return argv
+
+
 def overview() -> str:
     """Text of ``foley --help``: every subcommand, Lightning's and the tools."""
     lines = ["usage: foley <command> [options]   (foley <command> --help for details)", "", "Training and evaluation (LightningCLI):"]
@@ -161,8 +169,7 @@ def main(args: Sequence[str] | None = None) -> Any:
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(overview() + "\n")
         return None
-    if argv[0] == "convert" and len(argv) > 1 and not argv[1].startswith("-"):
-        argv = [f"convert {argv[1]}", *argv[2:]]  # `foley convert mmaudio ...`: one tool per source
+    argv = tool_argv(argv)
     if argv[0] in TOOL_COMMANDS:
         if not logging.getLogger().handlers:
             logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

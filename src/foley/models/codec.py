@@ -27,8 +27,7 @@ from foley.configurable import Configurable
 from foley.io.atomic import atomic_path
 from foley.models.bigvgan import BigVGAN
 from foley.models.mel import LogMelSpectrogram
-from foley.models.mel_vae import MelVAE
-from foley.models.mel_vae_mp import MagnitudePreservingMelVAE
+from foley.models.mel_vae import GaussianMelVAE
 
 __all__ = ["Codec", "prepare_waveform"]
 
@@ -85,8 +84,9 @@ class Codec(Configurable, nn.Module):
     """Mel front end + Mel-VAE + vocoder + per-channel latent statistics.
 
     Args:
-        vae: Mel-VAE whose ``n_mels`` matches the front end: foley's :class:`MelVAE`, or the
-            :class:`MagnitudePreservingMelVAE` of MMAudio's released codec.
+        vae: Mel-VAE whose ``n_mels`` matches the front end: foley's
+            :class:`~foley.models.mel_vae.MelVAE`, or the
+            :class:`~foley.models.mel_vae_mp.MagnitudePreservingMelVAE` of MMAudio's released codec.
         vocoder: Mel → waveform generator with ``num_mels`` and ``hop_length`` attributes,
             returning ``(B, 1, N)``: :class:`BigVGAN`, or the training-free
             :class:`~foley.models.griffin_lim.GriffinLimVocoder`. Its hop must equal the front
@@ -95,9 +95,7 @@ class Codec(Configurable, nn.Module):
         mel: Log-mel front end; defaults to the BigVGAN-v2 44.1 kHz / 128-band one.
     """
 
-    def __init__(
-        self, vae: MelVAE | MagnitudePreservingMelVAE, vocoder: nn.Module, mel: LogMelSpectrogram | None = None
-    ) -> None:
+    def __init__(self, vae: GaussianMelVAE, vocoder: nn.Module, mel: LogMelSpectrogram | None = None) -> None:
         super().__init__()
         mel = mel if mel is not None else LogMelSpectrogram()
         if vae.n_mels != mel.n_mels or vocoder.num_mels != mel.n_mels:

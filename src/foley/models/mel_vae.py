@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from foley.configurable import Configurable
 
-__all__ = ["MelVAE", "ResidualConvBlock"]
+__all__ = ["GaussianMelVAE", "MelVAE", "ResidualConvBlock"]
 
 
 def _groups(channels: int, preferred: int = 32) -> int:
@@ -50,7 +50,39 @@ def _stack(channels: int, blocks: int, kernel_size: int, dilation_cycle: tuple[i
     return [ResidualConvBlock(channels, kernel_size, dilation_cycle[i % len(dilation_cycle)]) for i in range(blocks)]
 
 
-class MelVAE(Configurable, nn.Module):
+class GaussianMelVAE(nn.Module):
+    """What a :class:`~foley.models.codec.Codec` needs of its Mel-VAE: a diagonal-Gaussian posterior over latents.
+
+    Subclasses set ``n_mels``, ``latent_channels`` and ``downsample_factor`` (mel frames per latent
+    frame) and implement :meth:`encode` and :meth:`decode`.
+    """
+
+    n_mels: int
+    latent_channels: int
+    downsample_factor: int
+
+    def encode(self, mel: Tensor) -> tuple[Tensor, Tensor]:
+        """Log-mel ``(B, n_mels, F)`` → posterior ``(mean, logvar)``, each ``(B, C, F / downsample_factor)``."""
+        raise NotImplementedError
+
+    def decode(self, latent: Tensor) -> Tensor:
+        """Latent ``(B, C, T)`` → log-mel ``(B, n_mels, T · downsample_factor)``."""
+        raise NotImplementedError
+
+    @staticmethod
+    def sample(mean: Tensor, logvar: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Reparameterised posterior sample ``mean + exp(logvar / 2) · ε``."""
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + torch.exp(0.5 * logvar) * noise
+
+    def forward(self, mel: Tensor, sample_posterior: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+        """Reconstruct ``mel``; returns ``(reconstruction, mean, logvar)``."""
+        mean, logvar = self.encode(mel)
+        latent = self.sample(mean, logvar) if sample_posterior else mean
+        return self.decode(latent), mean, logvar
+
+
+class MelVAE(Configurable, GaussianMelVAE):
     """Convolutional VAE from log-mel to a continuous latent and back.
 
     Depth counts convolution layers: ``encoder_layers = 2 + 2 · blocks`` (stem, the 2×
@@ -142,15 +174,3 @@ class MelVAE(Configurable, nn.Module):
     def decode(self, latent: Tensor) -> Tensor:
         """Latent ``(B, C, T)`` → log-mel ``(B, n_mels, 2T)``."""
         return self.denormalize_mel(self.decoder(latent))
-
-    @staticmethod
-    def sample(mean: Tensor, logvar: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Reparameterised posterior sample ``mean + exp(logvar / 2) · ε``."""
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        return mean + torch.exp(0.5 * logvar) * noise
-
-    def forward(self, mel: Tensor, sample_posterior: bool = True) -> tuple[Tensor, Tensor, Tensor]:
-        """Reconstruct ``mel``; returns ``(reconstruction, mean, logvar)``."""
-        mean, logvar = self.encode(mel)
-        latent = self.sample(mean, logvar) if sample_posterior else mean
-        return self.decode(latent), mean, logvar

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from foley.configurable import Configurable
+from foley.models.mel_vae import GaussianMelVAE
 
 __all__ = ["MagnitudePreservingMelVAE", "magnitude_preserving_weight", "mp_silu", "pixel_norm", "mp_add"]
 
@@ -233,14 +234,14 @@ class _Decoder(nn.Module):
         return F.conv1d(mp_silu(h), self.conv_out.weight * (self.learnable_gain + 1), padding=self.conv_out.padding)
 
 
-class MagnitudePreservingMelVAE(Configurable, nn.Module):
+class MagnitudePreservingMelVAE(Configurable, GaussianMelVAE):
     """EDM2-style 1-D convolutional VAE from log-mel to a continuous latent and back.
 
     The defaults are MMAudio's 44.1 kHz VAE (``v1-44.pth``, ≈305 M parameters): 128 mel bins,
     40 latent channels, width 512 × (1, 2, 4), one 2× downsample, so one latent frame per two
     mel frames (1024 samples at hop 512). It has the interface :class:`~foley.models.codec.Codec`
-    uses (``encode`` → posterior mean and log-variance, ``decode``, ``sample``), so it can be a
-    codec's VAE in place of :class:`~foley.models.mel_vae.MelVAE`.
+    uses (:class:`~foley.models.mel_vae.GaussianMelVAE`), so it can be a codec's VAE in place of
+    :class:`~foley.models.mel_vae.MelVAE`.
 
     Its convolutions hold plain weights: the forced weight normalisation of EDM2 training is
     applied once, when converting (:func:`magnitude_preserving_weight`), as MMAudio does before
@@ -331,15 +332,3 @@ class MagnitudePreservingMelVAE(Configurable, nn.Module):
     def decode(self, latent: Tensor) -> Tensor:
         """Latent ``(B, C, T)`` → log-mel ``(B, n_mels, T · downsample_factor)``."""
         return self.denormalize_mel(self.decoder(latent))
-
-    @staticmethod
-    def sample(mean: Tensor, logvar: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Reparameterised posterior sample ``mean + exp(logvar / 2) · ε``."""
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        return mean + torch.exp(0.5 * logvar) * noise
-
-    def forward(self, mel: Tensor, sample_posterior: bool = True) -> tuple[Tensor, Tensor, Tensor]:
-        """Reconstruct ``mel``; returns ``(reconstruction, mean, logvar)``."""
-        mean, logvar = self.encode(mel)
-        latent = self.sample(mean, logvar) if sample_posterior else mean
-        return self.decode(latent), mean, logvar

@@ -14,11 +14,13 @@ def ema_decay(step: int, decay: float, warmup: bool) -> float:
 
 
 @torch.no_grad()
-def update_ema(ema_network: nn.Module, network: nn.Module, decay: float) -> None:
+def update_ema(ema_network: nn.Module, network: nn.Module, decay: float, only_trainable: bool = False) -> None:
     """Fold ``network``'s parameters into ``ema_network``'s (``ema ← decay·ema + (1 − decay)·w``);
-    buffers are copied, as they are statistics rather than trained weights."""
-    ema_params = list(ema_network.parameters())
-    params = [p.detach().to(e.dtype) for p, e in zip(network.parameters(), ema_params)]
+    buffers are copied, as they are statistics rather than trained weights. ``only_trainable``
+    skips frozen parameters (a LoRA adapter's base, which the two networks share)."""
+    pairs = [(e, p) for e, p in zip(ema_network.parameters(), network.parameters()) if p.requires_grad or not only_trainable]
+    ema_params = [e for e, _ in pairs]
+    params = [p.detach().to(e.dtype) for e, p in pairs]
     torch._foreach_lerp_(ema_params, params, 1.0 - decay)
     for ema_buffer, buffer in zip(ema_network.buffers(), network.buffers()):
         ema_buffer.copy_(buffer)

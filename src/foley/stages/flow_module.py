@@ -26,7 +26,9 @@ from torch import Tensor, nn
 from foley.flow import FlowMatching
 from foley.stages import conditions as cond_lib
 from foley.stages.conditions import MODALITIES, Conditions
+from foley.adapters.lora import LoraSettings, add_lora, base_fingerprint, share_frozen
 from foley.stages.ema import ema_decay, update_ema
+from foley.stages.init_from import check_data_settings, load_init_parts
 from foley.stages.training_rng import StepGenerator
 
 __all__ = ["FlowModule", "Conditions"]
@@ -40,8 +42,10 @@ class FlowModule(LightningModule):
     """Trains the stage-2 generator and generates waveforms with it.
 
     Args:
-        network: Velocity network (``foley.models.mmdit.MMDiT``).
-        flow: Flow-matching loss and sampler settings (default ``FlowMatching()``).
+        network: Velocity network (``foley.models.mmdit.MMDiT``); ``None`` with ``init_from``
+            builds the model folder's generator.
+        flow: Flow-matching loss and sampler settings (default ``FlowMatching()``, or the model
+            folder's with ``init_from``).
         codec_checkpoint: Stage-1 checkpoint, loaded with ``Codec.from_checkpoint`` and frozen.
         codec: An already built codec instead of ``codec_checkpoint``.
         clip_encoder: Frozen CLIP frame encoder; ``None`` = no visual-semantics stream
@@ -63,11 +67,19 @@ class FlowModule(LightningModule):
         sampler: Default ODE method (``"euler"``, ``"midpoint"`` or ``"heun"``).
         sample_posterior: Train on latents drawn from the codec posterior when the batch holds
             ``latent_std`` (precomputed features); otherwise on the posterior mean.
+        init_from: A model folder (``foley export``) or Hub id to start from: its generator
+            weights are loaded into ``network``, and the parts left unset (network, codec,
+            encoders, flow) come from it; a codec or encoder given here must have the folder's
+            weights (:mod:`foley.stages.init_from`). The data stream must match the folder's.
+        adapter: LoRA settings (:class:`foley.adapters.LoraSettings`: rank, alpha, dropout,
+            targets): train only a LoRA adapter on the frozen ``init_from`` generator.
+            Checkpoints then hold the adapter (and its EMA and optimiser state) only; the EMA
+            network shares the frozen base weights.
     """
 
     def __init__(
         self,
-        network: nn.Module,
+        network: nn.Module | None = None,
         flow: FlowMatching | None = None,
         codec_checkpoint: str | None = None,
         codec: nn.Module | None = None,
@@ -84,18 +96,31 @@ class FlowModule(LightningModule):
         sample_steps: int = 25,
         sampler: Literal["euler", "midpoint", "heun"] = "euler",
         sample_posterior: bool = True,
+        init_from: str | None = None,
+        adapter: LoraSettings | None = None,
     ) -> None:
         super().__init__()
-        if (codec is None) == (codec_checkpoint is None):
+        if adapter is not None and init_from is None:
+            raise ValueError("LoRA fine-tuning (adapter) trains on a trained generator: pass init_from MODEL_DIR "
+                             "(a model folder from `foley export`, e.g. demo_out/model)")
+        adapter_settings = LoraSettings.coerce(adapter) if adapter is not None else None
+        # Plain data in the hyper-parameters (checkpoints are read with weights_only=True).
+        adapter = adapter_settings.as_dict() if adapter_settings is not None else None
+        if codec is not None and codec_checkpoint is not None:
+            raise ValueError("FlowModule takes one of `codec` (a module) or `codec_checkpoint`, not both")
+        if init_from is None and codec is None and codec_checkpoint is None:
             raise ValueError(
-                "FlowModule needs exactly one of `codec` (a module) or `codec_checkpoint` (a stage-1 "
-                "checkpoint path, e.g. --model.init_args.codec_checkpoint=runs/stage1/last.ckpt)"
+                "FlowModule needs one of `codec` (a module) or `codec_checkpoint` (a stage-1 checkpoint path, e.g. "
+                "--model.init_args.codec_checkpoint=runs/stage1/last.ckpt), or `init_from` MODEL_DIR (a model folder)"
             )
+        if init_from is None and network is None:
+            raise ValueError("FlowModule needs a `network` (e.g. foley.models.mmdit.MMDiT), or `init_from` MODEL_DIR "
+                             "to build the model folder's generator")
         if not 0.0 <= cond_dropout <= 1.0:
             raise ValueError(f"cond_dropout must be in [0, 1], got {cond_dropout}")
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
-        if codec is None:
+        if codec is None and codec_checkpoint is not None:
             from foley.models.codec import Codec
 
             codec = Codec.from_checkpoint(codec_checkpoint)
@@ -108,8 +133,34 @@ class FlowModule(LightningModule):
         self.remove_ignored_hparams(
             [k for k, v in self.hparams.items() if isinstance(v, (nn.Module, FlowMatching)) or callable(v)]
         )
+        # Parts rebuilt from the init_from folder are left out of checkpoints like files' weights.
+        self._from_folder: set[str] = set()
+        # The folder's data-stream settings and generation defaults (checked against the data in setup).
+        self.init_settings: dict[str, Any] = {}
+        self.init_generation: dict[str, Any] = {}
+        if init_from is not None:
+            encoders = {"clip_encoder": clip_encoder, "sync_encoder": sync_encoder, "text_encoder": text_encoder}
+            parts = load_init_parts(init_from, network, codec, encoders, flow)
+            self.init_settings, self.init_generation = parts.settings, parts.generation
+            network, flow = parts.network, flow if flow is not None else parts.flow
+            if codec is None:
+                codec = parts.codec
+                self._from_folder.add("codec")
+            clip_encoder = parts.encoders.get("clip_encoder", clip_encoder)
+            sync_encoder = parts.encoders.get("sync_encoder", sync_encoder)
+            text_encoder = parts.encoders.get("text_encoder", text_encoder)
+            self._from_folder.update(parts.encoders)
+        assert network is not None and codec is not None
+        self.adapter_settings = adapter_settings
+        # Fingerprints of the base an adapter belongs to (recorded in checkpoints and adapter folders).
+        self.adapter_base: dict[str, str] = {}
+        if adapter_settings is not None:
+            add_lora(network, adapter_settings)
+            self.adapter_base = {"generator": base_fingerprint(network)}
         self.network = network
         self.ema_network = copy.deepcopy(network).requires_grad_(False) if ema_decay > 0 else None
+        if adapter_settings is not None and self.ema_network is not None:
+            share_frozen(self.ema_network, self.network)
         self.flow = flow if flow is not None else FlowMatching()
         self.codec = codec.eval().requires_grad_(False)
         self.clip_encoder = self._freeze(clip_encoder)
@@ -161,6 +212,12 @@ class FlowModule(LightningModule):
         if self.ema_network is not None:
             self.ema_network.eval()
         return self
+
+    def setup(self, stage: str) -> None:
+        # A model started from a folder reads frames as the folder's model was trained to.
+        if self.init_settings and self._trainer is not None:
+            datamodule = getattr(self.trainer, "datamodule", None)
+            check_data_settings(self.hparams.get("init_from"), self.init_settings, getattr(datamodule, "hparams", None))
 
     # ---------------------------------------------------------------- conditions
     def encode_conditions(self, batch: Mapping[str, Any]) -> Conditions:
@@ -275,7 +332,8 @@ class FlowModule(LightningModule):
     def update_ema(self, step: int) -> None:
         """Fold the current network weights into the EMA (buffers are copied)."""
         if self.ema_network is not None:
-            update_ema(self.ema_network, self.network, ema_decay(step, self.ema_decay, self.ema_warmup))
+            update_ema(self.ema_network, self.network, ema_decay(step, self.ema_decay, self.ema_warmup),
+                       only_trainable=self.adapter_settings is not None)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
@@ -287,7 +345,10 @@ class FlowModule(LightningModule):
 
     # ---------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer(self.network.parameters())
+        parameters = self.network.parameters()
+        if self.adapter_settings is not None:
+            parameters = [p for p in parameters if p.requires_grad]  # the adapter only
+        optimizer = self.optimizer(parameters)
         if self.lr_scheduler is not None:
             scheduler = self.lr_scheduler(optimizer)
         elif self.warmup_steps > 0:
@@ -422,10 +483,10 @@ class FlowModule(LightningModule):
 
     # -------------------------------------------------------------- checkpoints
     def _frozen_from_file(self) -> list[str]:
-        names = ["codec"] if self.codec_from_file else []
+        names = ["codec"] if self.codec_from_file or "codec" in self._from_folder else []
         for name in ("clip_encoder", "sync_encoder", "text_encoder"):
             module = getattr(self, name)
-            if module is not None and getattr(module, "weights_from_file", False):
+            if module is not None and (getattr(module, "weights_from_file", False) or name in self._from_folder):
                 names.append(name)
         return names
 
@@ -436,10 +497,33 @@ class FlowModule(LightningModule):
         prefixes = tuple(f"{name}." for name in self._frozen_from_file())
         if prefixes:
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(prefixes)}
+        if self.adapter_settings is not None:
+            # The frozen base comes from init_from: an adapter checkpoint holds the adapter (a few MB).
+            frozen = self._frozen_network_keys()
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+            checkpoint["foley_adapter"] = {"base": self.adapter_fingerprints(), "init_from": self.hparams.get("init_from")}
+
+    def _frozen_network_keys(self) -> set[str]:
+        names = {name for name, p in self.network.named_parameters() if not p.requires_grad}
+        return {f"{prefix}.{name}" for name in names for prefix in ("network", "ema_network")}
+
+    def adapter_fingerprints(self) -> dict[str, str]:
+        """Fingerprints of the base model an adapter trained here belongs to (generator, codec, encoders)."""
+        return {**self.encoder_fingerprints(), **self.adapter_base}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._step_generator.on_load_checkpoint(checkpoint)
         state = checkpoint["state_dict"]
+        if self.adapter_settings is not None:
+            recorded = (checkpoint.get("foley_adapter") or {}).get("base", {}).get("generator")
+            if recorded is not None and recorded != self.adapter_base["generator"]:
+                raise ValueError(
+                    f"this adapter checkpoint was trained on a base generator with fingerprint {recorded}; init_from "
+                    f"{self.hparams.get('init_from')} holds one with fingerprint {self.adapter_base['generator']}. "
+                    "Pass the model folder it was trained from (--model.init_args.init_from)"
+                )
+            own = self.state_dict()
+            state.update({k: own[k] for k in self._frozen_network_keys() if k not in state})
         for name in FROZEN:
             module = getattr(self, name)
             if module is not None and not any(k.startswith(f"{name}.") for k in state):

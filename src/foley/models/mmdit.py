@@ -349,7 +349,7 @@ class MMDiT(Configurable, nn.Module):
                  sync_resampling: Literal["time_linear", "length_nearest"] = "time_linear",
                  sync_segment_length: int = 0,
                  clip_rope_alignment: Literal["time", "length"] = "time",
-                 time_embedding: dict[str, float] | None = None,
+                 time_embedding: dict[str, Any] | None = None,
                  global_mlp: bool = False, duration_embeddings: bool = True,
                  final_kernel_size: int = 1, final_sync: bool = True,
                  empty_features: Literal["placeholder", "learned"] = "placeholder",
@@ -416,7 +416,8 @@ class MMDiT(Configurable, nn.Module):
             self.empty_text = nn.Parameter(torch.zeros(max_text_tokens, text_dim))
 
         time_spec = {"frequency_dim": 256, "scale": 1000.0, "max_period": 10000.0, **(time_embedding or {})}
-        self.time_embed = SinusoidalEmbedding(d, **time_spec)
+        self.time_embed = SinusoidalEmbedding(d, int(time_spec["frequency_dim"]), float(time_spec["scale"]),
+                                              float(time_spec["max_period"]))
         if duration_embeddings:
             self.start_embed = SinusoidalEmbedding(d, scale=10.0)
             self.total_embed = SinusoidalEmbedding(d, scale=10.0)

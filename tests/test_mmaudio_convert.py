@@ -170,3 +170,29 @@ def test_licence_is_logged(tmp_path: Path, caplog) -> None:
     with caplog.at_level("WARNING"):
         convert_tiny(tmp_path / "files", tmp_path / "model")
     assert "CC-BY-NC 4.0" in caplog.text
+
+
+def test_download_by_name_offline_names_every_file(tmp_path: Path, monkeypatch) -> None:
+    from huggingface_hub import constants
+
+    from foley.hub import HubUnavailableError
+
+    monkeypatch.setenv("FOLEY_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(HubUnavailableError) as error:
+        FoleyPipeline.from_pretrained("mmaudio:large_44k_v2")
+    message = str(error.value)
+    for name, url, _ in required_files("large_44k_v2"):
+        assert f"{name}  <- {url}" in message
+    assert str(tmp_path / "mmaudio" / "files") in message and "HF_HUB_OFFLINE" in message
+    with pytest.raises(ValueError, match="unknown MMAudio variant 'huge_44k'"):
+        FoleyPipeline.from_pretrained("mmaudio:huge_44k")
+
+
+def test_download_by_name_uses_the_converted_cache(converted: dict, tmp_path: Path, monkeypatch) -> None:
+    import shutil
+
+    monkeypatch.setenv("FOLEY_CACHE", str(tmp_path))
+    shutil.copytree(converted["folder"], tmp_path / "mmaudio" / "small_44k")
+    pipeline = FoleyPipeline.from_pretrained("mmaudio:small_44k")
+    assert pipeline.generation.cfg == 4.5 and pipeline.stereo is None

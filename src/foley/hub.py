@@ -36,7 +36,8 @@ def resolve_model(model: str | os.PathLike[str], revision: str | None = None) ->
     """The local folder (or old bundle file) for ``model``: an existing path, else a Hub snapshot.
 
     Args:
-        model: a model folder, an old bundle file, or a Hub repo id ``owner/name``.
+        model: a model folder, an old bundle file, a Hub repo id ``owner/name``, or
+            ``mmaudio:<variant>`` (MMAudio's released weights, converted into the cache on first use).
         revision: Hub branch, tag or commit.
 
     Raises:
@@ -48,6 +49,10 @@ def resolve_model(model: str | os.PathLike[str], revision: str | None = None) ->
     if path.exists():
         return path
     name = os.fspath(model)
+    if name.startswith("mmaudio:"):  # MMAudio's released networks, downloaded and converted on first use
+        from foley.convert.mmaudio import resolve_mmaudio
+
+        return resolve_mmaudio(name)
     if not looks_like_hub_id(name):
         raise ModelFolderError(f"{name}: no such model folder (nor a Hugging Face Hub id of the form owner/name)")
     from huggingface_hub import constants, snapshot_download

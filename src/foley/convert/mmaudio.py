@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,8 @@ from torch import Tensor, nn
 from foley.convert.mmaudio_network import MMAUDIO_LICENSE, VARIANTS, MMAudioVariant, convert_network_state_dict, network_config
 from foley.convert.mmaudio_vae import VAE_FILE, VAE_MD5, VAE_URL, VOCODER_FILE, build_codec, verify_md5
 
-__all__ = ["convert_mmaudio", "convert", "required_files", "MMAUDIO_HUB_REPO", "SYNCHFORMER_FILE"]
+__all__ = ["convert_mmaudio", "convert", "required_files", "resolve_mmaudio", "cache_root", "MODEL_PREFIX",
+           "MMAUDIO_HUB_REPO", "SYNCHFORMER_FILE"]
 
 logger = logging.getLogger(__name__)
 
@@ -224,3 +226,97 @@ def convert(
     """
     return convert_mmaudio(variant, weights_dir, out, verify=not no_verify, overwrite=overwrite, stereo=stereo,
                            store_encoders=store_encoders)
+
+
+# ------------------------------------------------------------------ download by name
+MODEL_PREFIX = "mmaudio:"
+
+
+def cache_root() -> Path:
+    """Where ``mmaudio:<variant>`` models live: ``$FOLEY_CACHE/mmaudio`` or ``$HF_HOME/foley/mmaudio``."""
+    from huggingface_hub import constants
+
+    base = os.environ.get("FOLEY_CACHE") or os.path.join(constants.HF_HOME, "foley")
+    return Path(base) / "mmaudio"
+
+
+def _download(name: str, url: str, md5: str | None, folder: Path) -> Path:
+    """One file into ``folder`` (Hub files through huggingface_hub, release assets over HTTPS), atomically."""
+    target = folder / name
+    if target.is_file():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    hub = "https://huggingface.co/"
+    if url.startswith(hub):
+        from huggingface_hub import hf_hub_download
+
+        repo, _, path = url[len(hub):].partition("/resolve/main/")
+        cached = Path(hf_hub_download(repo, path, etag_timeout=10)).resolve()
+        partial = target.with_name(f".{name}.partial")
+        partial.unlink(missing_ok=True)
+        if _same_device(cached, folder):
+            os.link(cached, partial)  # no second copy of a multi-GB file
+        else:
+            shutil.copyfile(cached, partial)
+    else:
+        import urllib.request
+
+        partial = target.with_name(f".{name}.partial")
+        with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as handle:
+            while chunk := response.read(1 << 20):
+                handle.write(chunk)
+    if md5 is not None:
+        try:
+            verify_md5(partial, md5, name, url)
+        except ValueError:
+            partial.unlink(missing_ok=True)
+            raise
+    os.replace(partial, target)
+    return target
+
+
+def _same_device(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve().stat().st_dev == b.stat().st_dev
+    except OSError:
+        return False
+
+
+def resolve_mmaudio(name: str) -> Path:
+    """The converted model folder for ``mmaudio:<variant>``, downloading and converting on first use.
+
+    Files go to ``cache_root()/files`` and the model folder to ``cache_root()/<variant>``. Offline
+    (``HF_HUB_OFFLINE=1``) with files missing, fails at once naming every file and where to put it.
+
+    Raises:
+        ValueError: unknown variant.
+        foley.hub.HubUnavailableError: offline or unreachable, with the file list.
+    """
+    from huggingface_hub import constants
+
+    from foley.hub import HubUnavailableError
+
+    variant = name[len(MODEL_PREFIX):]
+    spec = _variant(variant)
+    root = cache_root()
+    folder = root / spec.name
+    if (folder / "pipeline.json").is_file():
+        return folder
+    files = root / "files"
+    needed = [(n, url, md5) for n, url, md5 in required_files(spec) if _find(files, n) is None]
+    if needed:
+        listing = "\n".join(f"  {n}  <- {url}" for n, url, _ in needed)
+        help_text = (f"Fetch them where there is a network and put them in {files}, then load {name} again "
+                     f"(or run `foley convert mmaudio --variant {spec.name} --weights_dir DIR --out MODEL_DIR`). "
+                     "DFN5B-CLIP (open_clip hf-hub:apple/DFN5B-CLIP-ViT-H-14-384) must also be in the Hugging Face cache.")
+        if constants.HF_HUB_OFFLINE:
+            raise HubUnavailableError(f"{name}: offline (HF_HUB_OFFLINE=1) and these files are missing:\n{listing}\n{help_text}")
+        logger.warning("%s", MMAUDIO_LICENSE)
+        for file_name, url, md5 in needed:
+            logger.info("downloading %s from %s", file_name, url)
+            try:
+                _download(file_name, url, md5, files)
+            except OSError as error:  # includes huggingface_hub's and urllib's network errors
+                raise HubUnavailableError(f"{name}: cannot download {file_name} from {url} "
+                                          f"({type(error).__name__}: {error}); missing:\n{listing}\n{help_text}") from error
+    return convert_mmaudio(spec, files, folder)

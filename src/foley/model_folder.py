@@ -70,6 +70,7 @@ LEGACY_BUNDLE_FORMAT = "foley-pipeline-bundle"
 # copy is loaded into the architecture built with these switched off (no download, no file).
 _WEIGHT_SOURCES: dict[str, dict[str, Any]] = {
     "foley.encoders.clip.ClipEncoder": {"pretrained": None, "checkpoint_path": None},
+    "foley.encoders.text.ClipTextEncoder": {"pretrained": None, "checkpoint_path": None},
     "foley.encoders.synchformer.SynchformerEncoder": {"checkpoint_path": None},
 }
 

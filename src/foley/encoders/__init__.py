@@ -1,4 +1,4 @@
-"""Frozen condition encoders: MetaCLIP (visual semantics), Synchformer (sync), T5 (text).
+"""Frozen condition encoders: open_clip images (visual semantics), Synchformer (sync), T5 or CLIP (text).
 
 Each takes uint8 frames ``(B, T, 3, H, W)`` (or a list of captions) and normalises on its
 own device; each returns ``(features, mask)``. The heavy optional dependencies
@@ -6,6 +6,6 @@ own device; each returns ``(features, mask)``. The heavy optional dependencies
 """
 from foley.encoders.clip import ClipEncoder
 from foley.encoders.synchformer import SynchformerEncoder
-from foley.encoders.text import TextEncoder
+from foley.encoders.text import ClipTextEncoder, TextEncoder
 
-__all__ = ["ClipEncoder", "SynchformerEncoder", "TextEncoder"]
+__all__ = ["ClipEncoder", "ClipTextEncoder", "SynchformerEncoder", "TextEncoder"]

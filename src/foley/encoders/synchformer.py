@@ -23,7 +23,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from foley.configurable import Configurable
-from foley.encoders.frames import frames_to_float, resize_center_crop
+from foley.encoders.frames import Preprocess, prepare_images
 from foley.models.layers import MLP
 
 __all__ = ["SynchformerEncoder", "MotionFormer", "num_segments"]
@@ -234,6 +234,12 @@ class SynchformerEncoder(Configurable, nn.Module):
             axis non-uniform). ``True`` re-grids the tokens onto real time: token ``k``
             covers frames ``[k·tf, (k+1)·tf)`` (``tf`` = frames per tubelet) and is the mean
             of the segments' tokens that cover them, so :attr:`token_rate` is exact.
+        preprocess: How frames of another size than ``crop_size`` are resized (short side,
+            centre crop) and scaled: ``"foley"`` (normalise, then resize in float) or
+            ``"torchvision"`` (torchvision's uint8 ``Resize`` + ``CenterCrop`` on the CPU,
+            then scale and normalise: MMAudio's ``load_video``); see
+            :data:`foley.encoders.frames.Preprocess`. MMAudio's sync stream is
+            ``SynchformerEncoder(checkpoint_path, preprocess="torchvision")`` on frames at 25 fps.
     """
 
     def __init__(
@@ -251,8 +257,12 @@ class SynchformerEncoder(Configurable, nn.Module):
         mlp_ratio: float = 4.0,
         segment_batch_size: int = 32,
         time_grid: bool = False,
+        preprocess: Preprocess = "foley",
     ) -> None:
         super().__init__()
+        if preprocess not in ("foley", "torchvision"):
+            raise ValueError(f"SynchformerEncoder: preprocess must be 'foley' or 'torchvision', got {preprocess!r}")
+        self.preprocess = preprocess
         if time_grid and (segment_stride % tubelet_frames or segment_length % tubelet_frames):
             raise ValueError("time_grid needs segment_length and segment_stride to be multiples of tubelet_frames")
         self.fps = fps
@@ -322,6 +332,14 @@ class SynchformerEncoder(Configurable, nn.Module):
                 f"Synchformer checkpoint {path} has no '{CHECKPOINT_PREFIX}*' keys "
                 f"(first keys: {list(state)[:5]}); is it a Synchformer checkpoint?"
             )
+        expected = self.state_dict()
+        wrong = [f"{k}: file {tuple(v.shape)}, encoder {tuple(expected[k].shape)}" for k, v in visual.items()
+                 if k in expected and v.shape != expected[k].shape]
+        if wrong:
+            raise ValueError(
+                f"Synchformer checkpoint {path} does not match the encoder configuration: {len(wrong)} tensors of "
+                f"another shape ({'; '.join(wrong[:4])}); is dim/depth/patch_size/crop_size the file's?"
+            )
         result = self.load_state_dict(visual, strict=False)
         if result.missing_keys or result.unexpected_keys:
             raise ValueError(
@@ -364,8 +382,8 @@ class SynchformerEncoder(Configurable, nn.Module):
         for start in range(0, flat.shape[0], self.segment_batch_size):
             chunk = flat[start : start + self.segment_batch_size]
             n, length = chunk.shape[:2]
-            images = frames_to_float(chunk.flatten(0, 1), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-            images = resize_center_crop(images, self.crop_size)
+            images = prepare_images(chunk.flatten(0, 1), self.crop_size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "center",
+                                    self.preprocess)
             video = images.view(n, length, 3, self.crop_size, self.crop_size).transpose(1, 2)
             dtype = next(self.parameters()).dtype
             outputs.append(self.vfeat_extractor(video.to(dtype)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from torch import Tensor
 
-from foley.io.video import DEFAULT_PTS_TOLERANCE, FrameRule
+from foley.io.video import DEFAULT_PTS_TOLERANCE, FrameRule, frame_indices
 
 __all__ = ["DecodedFrames"]
 
@@ -36,11 +36,4 @@ class DecodedFrames:
     def frames_at(self, times: np.ndarray, tolerance: float = DEFAULT_PTS_TOLERANCE, rule: FrameRule = "on_screen") -> np.ndarray:
         """Frames at ``times`` (clamped to the first and last frame): on screen, or by ``rule``
         (:data:`~foley.io.video.FrameRule`; frame ``i`` starts at ``i / fps``)."""
-        times = np.asarray(times, dtype=np.float64)
-        if rule == "mmaudio":
-            index = np.searchsorted(self.starts, times, side="left")
-        elif rule == "on_screen":
-            index = np.searchsorted(self.starts, times + tolerance, side="right") - 1
-        else:
-            raise ValueError(f"rule must be 'on_screen' or 'mmaudio', got {rule!r}")
-        return self.array[np.clip(index, 0, len(self.starts) - 1)]
+        return self.array[frame_indices(self.starts, times, rule, tolerance)]

@@ -43,6 +43,7 @@ __all__ = [
     "stream_length",
     "mmaudio_stream_times",
     "mmaudio_duration",
+    "frame_indices",
     "resize_frames",
     "read_frames_at",
     "probe_video",
@@ -123,6 +124,27 @@ def mmaudio_stream_times(start: float, duration: float, fps: float) -> np.ndarra
         times[i] = current
         current += step
     return times
+
+
+def frame_indices(starts: np.ndarray, times: np.ndarray, rule: FrameRule = "on_screen",
+                  tolerance: float = DEFAULT_PTS_TOLERANCE) -> np.ndarray:
+    """Index of the frame each time takes among frames starting at ``starts`` (ascending), clamped to them.
+
+    Args:
+        starts: Frame start times, on the clock ``rule`` reads.
+        times: The stream instants.
+        rule: ``"on_screen"``: the last frame starting at or before ``t + tolerance``;
+            ``"mmaudio"``: the first frame starting at or after ``t`` (see :data:`FrameRule`).
+        tolerance: ``"on_screen"`` only: seconds a frame may start after ``t`` and still count.
+    """
+    times = np.asarray(times, dtype=np.float64)
+    if rule == "mmaudio":
+        index = np.searchsorted(starts, times, side="left")
+    elif rule == "on_screen":
+        index = np.searchsorted(starts, times + tolerance, side="right") - 1
+    else:
+        raise ValueError(f"rule must be 'on_screen' or 'mmaudio', got {rule!r}")
+    return np.clip(index, 0, len(starts) - 1)
 
 
 def mmaudio_duration(frame_times: np.ndarray, duration: float, rates: Sequence[float] = (8.0, 25.0)) -> float:
@@ -319,14 +341,7 @@ class VideoFile:
             tolerance: ``"on_screen"`` only: seconds a frame may start after ``t`` and still count.
             rule: ``"on_screen"`` or ``"mmaudio"`` (see :data:`FrameRule`).
         """
-        times = np.asarray(times, dtype=np.float64)
-        if rule == "mmaudio":
-            idx = np.searchsorted(self.pts_times, times, side="left")
-        elif rule == "on_screen":
-            idx = np.searchsorted(self.starts, times + tolerance, side="right") - 1
-        else:
-            raise ValueError(f"rule must be 'on_screen' or 'mmaudio', got {rule!r}")
-        return np.clip(idx, 0, len(self) - 1)
+        return frame_indices(self.pts_times if rule == "mmaudio" else self.starts, times, rule, tolerance)
 
     def frames(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Decode frames by index; returns uint8 ``(K, H, W, 3)`` in the order given."""

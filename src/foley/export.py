@@ -1,5 +1,10 @@
 """``foley export``: turn ``foley fit`` checkpoints (or an old bundle) into a model folder.
 
+A LoRA run's checkpoint (``configs/finetune/lora.yaml``) becomes an adapter folder
+(:mod:`foley.adapters.folder`), or with ``--merge`` a standalone model folder of the base it
+was trained from with the adapter folded in; ``--model M --adapter A --merge`` does the same
+from folders.
+
 The folder (:mod:`foley.model_folder`) is what ``FoleyPipeline.from_pretrained`` and
 ``foley generate --model`` read, locally or after uploading it as a Hugging Face Hub repo.
 Checkpoints are read with ``torch.load(weights_only=True)``; the folder holds JSON and
@@ -22,6 +27,9 @@ def export(
     stereo_ckpt: str | None = None,
     codec_ckpt: str | None = None,
     bundle: str | None = None,
+    model: str | None = None,
+    adapter: str | None = None,
+    merge: bool = False,
     overwrite: bool = False,
     store_encoders: bool = False,
     steps: int | None = None,
@@ -40,6 +48,10 @@ def export(
         stereo_ckpt: stage-3 checkpoint from ``foley fit --config configs/stage3.yaml``.
         codec_ckpt: stage-1 checkpoint, if it moved since stage 2 was trained.
         bundle: an old one-file pipeline bundle to convert instead of checkpoints.
+        model: a model folder (or Hub id) to start from instead of checkpoints, with ``adapter``.
+        adapter: an adapter folder to fold into ``model`` (needs ``merge``).
+        merge: fold the adapter (of a LoRA checkpoint, or ``adapter``) into the base weights and
+            write a standalone model folder; without it a LoRA checkpoint is written as an adapter folder.
         overwrite: replace an existing non-empty folder.
         store_encoders: also store copies (safetensors) of frozen encoders loaded from their own
             files (MetaCLIP, Synchformer, T5 weights); by default they are kept as references.
@@ -51,9 +63,24 @@ def export(
     Returns:
         The folder written.
     """
+    from foley.adapters.folder import load_adapter, merge_adapters
     from foley.pipeline import FoleyPipeline
 
-    if bundle is not None:
+    if flow_ckpt is not None and _adapter_checkpoint(flow_ckpt):
+        return _export_lora_checkpoint(Path(out), flow_ckpt, stereo_ckpt, merge, overwrite, store_encoders,
+                                       dict(sampler=sampler, steps=steps, cfg=cfg, negative_prompt=negative_prompt))
+    if model is not None:
+        if flow_ckpt or stereo_ckpt or codec_ckpt or bundle:
+            raise ValueError("give either --model (with --adapter --merge) or checkpoints/--bundle, not both")
+        if adapter is None or not merge:
+            raise ValueError("--model is exported with an adapter folded in: pass --adapter ADAPTER_DIR --merge")
+        pipeline = FoleyPipeline.from_pretrained(model)
+        load_adapter(pipeline, adapter)
+        merge_adapters(pipeline)
+    elif adapter is not None or merge:
+        raise ValueError("--merge folds an adapter into a model: pass --model MODEL_DIR --adapter ADAPTER_DIR, or "
+                         "--flow_ckpt of a LoRA run (configs/finetune/lora.yaml)")
+    elif bundle is not None:
         if flow_ckpt or stereo_ckpt or codec_ckpt:
             raise ValueError("give either --bundle or the stage checkpoints (--flow_ckpt, --stereo_ckpt), not both")
         pipeline = FoleyPipeline.from_bundle(bundle)
@@ -67,4 +94,44 @@ def export(
         "exported %s; use it with `foley generate VIDEOS --model %s --out OUT`, or in Python: "
         "FoleyPipeline.from_pretrained(%r)", folder, folder, str(folder),
     )
+    return folder
+
+
+def _adapter_checkpoint(path: str) -> bool:
+    """Whether a stage-2 checkpoint comes from a LoRA run (its hyper-parameters hold ``adapter``)."""
+    import torch
+
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return bool((checkpoint.get("hyper_parameters") or {}).get("adapter"))
+
+
+def _export_lora_checkpoint(out: Path, flow_ckpt: str, stereo_ckpt: str | None, merge: bool, overwrite: bool,
+                            store_encoders: bool, generation: dict) -> Path:
+    """A LoRA run's checkpoint as an adapter folder, or merged into its base as a model folder."""
+    import copy
+
+    from foley.adapters.folder import save_adapter
+    from foley.adapters.lora import merge_lora
+    from foley.pipeline import FoleyPipeline
+    from foley.stages.flow_module import FlowModule
+
+    flow = FlowModule.load_from_checkpoint(flow_ckpt, map_location="cpu", weights_only=True)
+    base = flow.hparams.get("init_from")
+    if not merge:
+        if stereo_ckpt is not None:
+            raise ValueError("an adapter folder holds the generator's adapter only; leave out --stereo_ckpt (or --merge)")
+        folder = save_adapter(out, {"generator": flow.inference_network}, flow.adapter_fingerprints(),
+                              overwrite=overwrite, trained_from=str(base))
+        logger.info("exported the adapter %s; use it with `foley generate VIDEOS --model %s --adapter %s --out OUT`",
+                    folder, base, folder)
+        return folder
+    pipeline = FoleyPipeline.from_pretrained(base)
+    if stereo_ckpt is not None:
+        from foley.stages.stereo_module import StereoModule
+
+        pipeline.stereo = StereoModule.from_checkpoint(stereo_ckpt, codec=pipeline.flow.codec).eval()
+    pipeline.flow.network = merge_lora(copy.deepcopy(flow.inference_network)).requires_grad_(False)
+    pipeline.set_generation_params(**generation)
+    folder = pipeline.save_pretrained(out, overwrite=overwrite, store_encoders=store_encoders)
+    logger.info("exported %s (%s with the adapter of %s merged)", folder, base, flow_ckpt)
     return folder

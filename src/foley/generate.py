@@ -167,6 +167,7 @@ def generate(
     *,
     out: Path,
     model: str | None = None,
+    adapter: str | None = None,
     flow_ckpt: str | None = None,
     stereo_ckpt: str | None = None,
     codec_ckpt: str | None = None,
@@ -198,6 +199,8 @@ def generate(
         inputs: video files and/or folders of videos (none with ``--text-only``).
         out: output folder (created if needed).
         model: model folder from ``foley export`` or a Hugging Face Hub id; or give the stage checkpoints.
+        adapter: a LoRA adapter folder for ``model`` (``foley export --flow_ckpt LORA.ckpt``), applied
+            without merging; it must have been trained on this model.
         flow_ckpt: stage-2 checkpoint from ``foley fit --config configs/stage2.yaml``.
         stereo_ckpt: stage-3 checkpoint from ``foley fit --config configs/stage3.yaml``.
         codec_ckpt: stage-1 checkpoint, if it moved since stage 2 was trained.
@@ -232,6 +235,10 @@ def generate(
         raise ValueError("no videos given (or pass --text-only --duration SECONDS --prompt TEXT)")
     settings = {"window_seconds": window_seconds, "overlap_seconds": overlap_seconds, "continuity": continuity}
     pipeline = _load_pipeline(model, flow_ckpt, stereo_ckpt, codec_ckpt, _device(device), settings)
+    if adapter is not None:
+        from foley.adapters.folder import load_adapter
+
+        load_adapter(pipeline, adapter)
     if text_only:
         target = Path(out) / f"{_text_only_name(prompt)}.{audio_format}"
         if target.exists() and not overwrite:

@@ -21,6 +21,7 @@ __all__ = [
     "impact_modes",
     "membrane_hit",
     "harmonic_tone",
+    "bell_strike",
 ]
 
 
@@ -149,3 +150,30 @@ def harmonic_tone(frequency: np.ndarray, sample_rate: int, weights: tuple[float,
     for harmonic, weight in enumerate(weights, start=1):
         out += weight * np.sin(harmonic * phase)
     return out / sum(weights)
+
+
+# Partials of a tuned bell relative to its prime (hum, prime, tierce, quint, nominal and
+# upper partials), with their weights and decay times in seconds: the low ones ring longest.
+BELL_PARTIALS = ((0.5, 0.5, 1.1), (1.0, 1.0, 0.9), (1.19, 0.6, 0.7), (1.5, 0.35, 0.55), (2.0, 0.7, 0.5),
+                 (2.51, 0.3, 0.3), (2.66, 0.25, 0.25), (3.01, 0.2, 0.2), (4.1, 0.12, 0.12))
+
+
+def bell_strike(
+    rng: np.random.Generator,
+    prime_hz: float,
+    sample_rate: int,
+    seconds: float = 1.2,
+    click: float = 0.5,
+) -> np.ndarray:
+    """A struck bell: decaying inharmonic partials (:data:`BELL_PARTIALS`, slightly detuned at
+    random) plus a 3 ms metallic strike click band-passed around 5 kHz, peak ~1."""
+    length = int(seconds * sample_rate)
+    t = np.arange(length) / sample_rate
+    out = np.zeros(length)
+    for ratio, weight, tau in BELL_PARTIALS:
+        detune = 1.0 + 0.004 * rng.standard_normal()
+        out += weight * np.sin(2 * np.pi * prime_hz * ratio * detune * t) * np.exp(-t / tau)
+    strike = bandpass(rng.standard_normal(length), 5000.0, 1.5, sample_rate) * np.exp(-t / 0.003)
+    strike /= max(np.max(np.abs(strike)), 1e-9)
+    out = out / max(np.max(np.abs(out)), 1e-9) + click * strike
+    return taper_end(out / max(np.max(np.abs(out)), 1e-9), sample_rate)

@@ -22,13 +22,21 @@ from foley.io.media import encode_audio_bytes, encode_video_bytes
 from foley.io.shards import ShardWriter
 from foley.synth import sound
 from foley.synth.draw import Canvas, hsv_to_rgb
+from foley.synth.bell import Bell
 from foley.synth.objects import FLOOR_Y, FULL_WIDTH, OBJECT_TYPES, SceneObject, Timeline
 
-__all__ = ["CATEGORIES", "SynthClip", "render_clip", "synth", "clip_key"]
+__all__ = ["CATEGORIES", "EXTRA_CATEGORIES", "ALL_CATEGORIES", "SynthClip", "render_clip", "synth", "clip_key",
+           "category_pool"]
 
 log = logging.getLogger(__name__)
 
+# The default pool: what `foley synth` draws from unless told otherwise.
 CATEGORIES: tuple[str, ...] = ("bouncing_ball", "drum", "lamp", "vehicle", "rain", "silence")
+# Categories only drawn when asked for (--categories): models of the default world have never
+# seen them, which makes them held-out categories for fine-tuning (docs/finetuning.md).
+EXTRA_CATEGORIES: tuple[str, ...] = ("bell",)
+ALL_CATEGORIES: tuple[str, ...] = CATEGORIES + EXTRA_CATEGORIES
+_TYPES: dict[str, type[SceneObject]] = {**OBJECT_TYPES, Bell.category: Bell}
 PEAK_LIMIT = 0.89  # clips louder than this are scaled down as a whole (relative levels kept)
 _DRAW_ORDER_FULL = {"rain": 0, "vehicle": 2}
 
@@ -71,10 +79,25 @@ def _check_categories(categories: Sequence[str] | None) -> tuple[str, ...]:
         return CATEGORIES
     if isinstance(categories, str):
         categories = [categories]
-    unknown = sorted(set(categories) - set(CATEGORIES))
+    unknown = sorted(set(categories) - set(ALL_CATEGORIES))
     if unknown or not categories:
-        raise ValueError(f"unknown synthetic categories {unknown or categories}; choose from {', '.join(CATEGORIES)}")
+        raise ValueError(f"unknown synthetic categories {unknown or categories}; choose from {', '.join(ALL_CATEGORIES)}")
     return tuple(dict.fromkeys(categories))
+
+
+def category_pool(categories: Sequence[str] | None = None, exclude: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The categories to draw from: ``categories`` (default :data:`CATEGORIES`) without ``exclude``.
+
+    Raises:
+        ValueError: an unknown name, or nothing left to draw from.
+    """
+    pool = _check_categories(categories)
+    if exclude:
+        dropped = set(_check_categories(exclude))
+        pool = tuple(c for c in pool if c not in dropped)
+        if not pool:
+            raise ValueError(f"excluding {sorted(dropped)} leaves no category to draw from")
+    return pool
 
 
 def _pick_objects(rng: np.random.Generator, index: int, category: str | None, pool: tuple[str, ...], multi_object_prob: float) -> list[str]:
@@ -161,7 +184,7 @@ def render_clip(
     kinds = _pick_objects(rng, index, category, pool, multi_object_prob)
     regions = _regions(kinds, rng)
     objects: list[SceneObject] = [
-        OBJECT_TYPES[kind](object_id, np.random.default_rng([seed, index, 1 + object_id]), timeline, region)
+        _TYPES[kind](object_id, np.random.default_rng([seed, index, 1 + object_id]), timeline, region)
         for object_id, (kind, region) in enumerate(zip(kinds, regions))
     ]
 
@@ -251,6 +274,7 @@ def synth(
     shard_size: int = 100,
     sample_rate: int = 44100,
     categories: list[str] | None = None,
+    exclude_categories: list[str] | None = None,
     workers: int = 1,
     overwrite: bool = False,
 ) -> Path:
@@ -269,7 +293,9 @@ def synth(
         size: Frame width and height in pixels (even).
         shard_size: Clips per shard.
         sample_rate: Audio sample rate.
-        categories: Categories to use (default all: bouncing_ball, drum, lamp, vehicle, rain, silence).
+        categories: Categories to draw from (default: bouncing_ball, drum, lamp, vehicle, rain,
+            silence; ``bell`` only when named here), e.g. ``--categories '[bell]'``.
+        exclude_categories: Categories to leave out of that pool, e.g. ``--exclude_categories '[rain]'``.
         workers: Processes rendering and encoding clips in parallel.
         overwrite: Replace shards of an earlier run in ``out``.
 
@@ -282,13 +308,14 @@ def synth(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     _check_args(seconds, fps, size, sample_rate)
-    pool = _check_categories(categories)
+    pool = category_pool(categories, exclude_categories)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out} exists and is not a folder; choose another --out")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} is not empty; choose an empty or new folder, or pass --overwrite true")
     job = _Job(int(seed), float(seconds), float(fps), int(size), int(sample_rate), pool)
-    log.info("synthesising %d clips of %.2f s (%d px, %g fps) into %s with %d worker(s)", clips, seconds, size, fps, out, workers)
+    log.info("synthesising %d clips of %.2f s (%d px, %g fps; %s) into %s with %d worker(s)", clips, seconds, size, fps,
+             ", ".join(pool), out, workers)
     started = time.perf_counter()
     report_every = max(1, clips // 20)
     with ShardWriter(out, shard_size=shard_size, prefix="shard", overwrite=overwrite) as writer:

@@ -24,6 +24,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from selenium import webdriver  # pinned in requirements/lock.txt; a missing one fails, not skips
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import WebDriverWait
 
 from helpers.tiny_pipeline import tiny_real_pipeline
 
@@ -38,12 +43,6 @@ AAC_SLACK = 2 * 1024
 START_TIMEOUT = 300  # s; importing torch and gradio on two busy shared cores takes a while
 WAIT = 120  # s for anything the page does (one generation of the tiny model takes seconds)
 
-selenium = pytest.importorskip("selenium", reason="selenium is pinned in requirements/lock.txt")
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
 def _browser() -> tuple[str, str]:
@@ -145,9 +144,12 @@ def _upload(browser: webdriver.Chrome, path: Path) -> None:
     WebDriverWait(browser, WAIT).until(EC.presence_of_element_located((By.CSS_SELECTOR, "#foley-input video")))
 
 
-def _generate(browser: webdriver.Chrome, words: str) -> str:
-    """Press Generate and return the status once it contains ``words``."""
+def _generate(browser: webdriver.Chrome, words: str, progress: str | None = None) -> str:
+    """Press Generate and return the status once it contains ``words`` (after showing ``progress``)."""
     browser.find_element(By.CSS_SELECTOR, "#foley-generate").click()
+    if progress:  # the progress text of the model call, the longest step, over the output video
+        WebDriverWait(browser, WAIT, poll_frequency=0.05).until(EC.text_to_be_present_in_element(
+            (By.CSS_SELECTOR, "#foley-output [data-testid=status-tracker]"), progress))
     WebDriverWait(browser, WAIT).until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#foley-status"), words))
     return browser.find_element(By.CSS_SELECTOR, "#foley-status").text
 
@@ -180,7 +182,7 @@ def test_upload_generate_and_play(server: dict, browser: webdriver.Chrome, tmp_p
     seconds = probe_video(clip).duration
     _open(browser, server["url"])
     _upload(browser, clip)
-    status = _generate(browser, "Generated")
+    status = _generate(browser, "Generated", progress=f"generating {seconds:.2f} s of stereo audio")
     assert f"{seconds:.2f} s of 44.1 kHz stereo for bouncing ball.mp4" in status
     mp4, links = _served_output(browser, tmp_path)
     _check_stereo_track(mp4, seconds)

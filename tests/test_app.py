@@ -295,6 +295,31 @@ def test_sweep_deletes_old_uploads_and_outputs_only(foley_app: FoleyApp, clip) -
     assert sorted(p.name for p in foley_app.workdir.iterdir()) == ["outputs"]
 
 
+# ----------------------------------------------------------------- the page
+def test_page_presets_the_models_defaults_and_runs_one_generation_at_a_time(pipeline, tmp_path: Path, monkeypatch) -> None:
+    from foley.app import build_page
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "server"))  # as `foley app` does
+    pipeline.set_generation_params(negative_prompt="speech")
+    try:
+        foley_app = FoleyApp(pipeline, tmp_path / "server", AppLimits(max_upload_mb=5, max_seconds=7), examples=False)
+        page = build_page(foley_app)
+    finally:
+        pipeline.set_generation_params(negative_prompt="")
+    by_id = {block.elem_id: block for block in page.blocks.values() if getattr(block, "elem_id", None)}
+    assert (by_id["foley-steps"].value, by_id["foley-cfg"].value, by_id["foley-negative"].value) == (2, 2.0, "speech")
+    assert by_id["foley-seed"].value == 0 and by_id["foley-duration"].value == 0
+    [generate] = [fn for fn in page.fns.values() if fn.name == "run"]
+    assert generate.concurrency_limit == 1
+    assert [block.elem_id for block in generate.inputs] == [
+        "foley-input", "foley-prompt", "foley-negative", "foley-seed", "foley-steps", "foley-cfg", "foley-start",
+        "foley-duration"]
+    assert [block.elem_id for block in generate.outputs] == ["foley-status", "foley-output", "foley-picture",
+                                                             "foley-downloads"]
+    texts = " ".join(getattr(block, "value", "") or "" for block in page.blocks.values() if type(block).__name__ == "Markdown")
+    assert "up to 5 MB" in texts and "at most 7 s are generated per request" in texts
+
+
 # ----------------------------------------------------------------- the command
 def test_cli_options_and_localhost_default() -> None:
     function, kwargs = parse_tool_args("app", ["--model", "demo_out/model", "--port", "9000", "--max-upload-mb", "5",

@@ -314,8 +314,9 @@ def build_page(foley_app: FoleyApp) -> gradio.Blocks:
                 status = gr.Markdown("Nothing generated yet.", elem_id="foley-status")
                 output = gr.Video(label="Video with the generated stereo Foley", interactive=False, height=VIDEO_HEIGHT,
                                   elem_id="foley-output")
-                picture = gr.Image(label="Left and right channels", type="filepath", interactive=False,
-                                   elem_id="foley-picture")
+                # No label over the picture: it would hide the figure's title.
+                picture = gr.Image(label="Left and right channels", show_label=False, type="filepath",
+                                   interactive=False, elem_id="foley-picture")
                 downloads = gr.File(label="Downloads (wav, mp4)", file_count="multiple", interactive=False,
                                     elem_id="foley-downloads")
 

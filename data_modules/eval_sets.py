@@ -280,6 +280,8 @@ class ManifestEvalDataModule(LightningDataModule):
         max_samples: evaluate only the first N clips (smoke tests).
         load_video: decode frame streams.
         skip_missing: skip (and log) missing or undecodable clips instead of failing.
+        clip_crop: ``"center"`` (short side + centre crop) or ``"resize"`` (stretch the whole
+            frame, MMAudio's CLIP stream) for the CLIP frames.
     """
 
     def __init__(
@@ -299,6 +301,7 @@ class ManifestEvalDataModule(LightningDataModule):
         max_samples: int | None = None,
         load_video: bool = True,
         skip_missing: bool = False,
+        clip_crop: Literal["center", "resize"] = "center",
     ) -> None:
         super().__init__()
         self.manifest = manifest
@@ -307,7 +310,7 @@ class ManifestEvalDataModule(LightningDataModule):
         self.caption_field = caption_field
         self.sample_rate = sample_rate
         self.clip_seconds = clip_seconds
-        self.clip_stream = StreamSpec(clip_fps, clip_size, "center") if load_video else None
+        self.clip_stream = StreamSpec(clip_fps, clip_size, clip_crop) if load_video else None
         self.sync_stream = StreamSpec(sync_fps, sync_size, "center") if load_video else None
         self.batch_size = batch_size
         self.num_workers = num_workers

@@ -26,8 +26,16 @@ Structure (Kling-Foley / MMAudio design, our own implementation):
   ``DDPStrategy(find_unused_parameters=True)`` in that case (or pass drop flags).
 * Variable lengths: masks are True on real tokens and padding sits at the end of
   each sequence; padded tokens never influence real ones (key padding masks, masked
-  pooling, mask-aware sync interpolation). There is no positional table, so any
-  duration works.
+  pooling, mask-aware sync interpolation, convolutions that read padding as zeros).
+  There is no positional table, so any duration works.
+* Options reach MMAudio's released networks exactly (foley.convert.mmaudio_network,
+  docs/mmaudio.md): SwiGLU and convolutional MLPs (``mlp``, ``*_kernel_size``),
+  convolutional input projections (``input_projections``), learned empty features in each
+  encoder's space instead of placeholders (``empty_features="learned"``), sync tokens added
+  to the audio stream's condition before its SiLU (``sync_conditioning="summed"``, with
+  per-segment position embeddings and nearest resampling by length), CLIP RoPE aligned by
+  sequence length, a configurable time embedding, a SwiGLU on the pooled condition and no
+  duration embeddings.
 
 Precision: the residual streams live in the weights' dtype. Training keeps float32
 weights (optionally under ``torch.autocast``, where the matmuls run in bf16 and the
@@ -613,8 +621,10 @@ class MMDiT(Configurable, nn.Module):
                                             self.empty_text if learned else self.text_placeholder, batch, device)
 
         def masked_mean(hidden: Tensor, mask: Tensor) -> Tensor:
-            if bool(mask.all()) if mask.device.type == "cpu" else False:
-                return hidden.float().mean(1)  # the plain mean (same rounding as an unmasked reference)
+            # Without padding, the plain mean: the same rounding as an unmasked reference (MMAudio).
+            # Checked on the CPU only, where reading the mask costs no device synchronisation.
+            if mask.device.type == "cpu" and bool(mask.all()):
+                return hidden.float().mean(1)
             weights = mask.float()[..., None]
             return (hidden.float() * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 

@@ -29,6 +29,7 @@ from foley.stages.conditions import MODALITIES, Conditions
 from foley.adapters.lora import LoraSettings, add_lora, base_fingerprint, share_frozen
 from foley.stages.ema import ema_decay, update_ema
 from foley.stages.init_from import check_data_settings, load_init_parts
+from foley.stages.sharding import broadcast_buffers, data_parallel_mesh, shard_networks
 from foley.stages.training_rng import StepGenerator
 
 __all__ = ["FlowModule", "Conditions"]
@@ -343,6 +344,30 @@ class FlowModule(LightningModule):
         # Lightning counts this step in global_step only after the hook returns.
         self.update_ema(int(self.trainer.global_step) + 1)
 
+    # ------------------------------------------------------------------ sharding
+    def configure_model(self) -> None:
+        """Under Lightning's ``ModelParallelStrategy``: shard the network and its EMA with FSDP2
+        (:func:`foley.stages.sharding.shard_networks`); the frozen codec and encoders stay whole
+        on every rank. Other strategies (no device mesh) leave the module as it is."""
+        if self.device_mesh is None:
+            return
+        if self.adapter_settings is not None:
+            raise ValueError("LoRA fine-tuning (adapter) shares the frozen base weights between the network and its "
+                             "EMA, which FSDP cannot shard; train adapters with --trainer.strategy=ddp")
+        shard_networks((self.network, self.ema_network), data_parallel_mesh(self.device_mesh))
+
+    def _broadcast_network_buffers(self) -> None:
+        # Under FSDP2, rank 0's buffers everywhere before each training and validation step, as
+        # DDP does before each forward (foley.stages.sharding.broadcast_buffers).
+        if self.device_mesh is not None:
+            broadcast_buffers((self.network, self.ema_network), data_parallel_mesh(self.device_mesh))
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._broadcast_network_buffers()
+
+    def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._broadcast_network_buffers()
+
     # ---------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> Any:
         parameters = self.network.parameters()
@@ -493,9 +518,12 @@ class FlowModule(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._step_generator.on_save_checkpoint(checkpoint)
         # Frozen pretrained parts are rebuilt from their own files; copying them into every
-        # stage-2 checkpoint would multiply its size (MetaCLIP ViT-H alone is ~2.5 GB).
+        # stage-2 checkpoint would multiply its size (MetaCLIP ViT-H alone is ~2.5 GB). Under
+        # FSDP2 they stay: Lightning loads a checkpoint into the whole sharded module before
+        # on_load_checkpoint could put them back, and asks it for every key (strictly from a full
+        # file; torch.distributed.checkpoint fails on any key a sharded one lacks).
         prefixes = tuple(f"{name}." for name in self._frozen_from_file())
-        if prefixes:
+        if prefixes and self.device_mesh is None:
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(prefixes)}
         if self.adapter_settings is not None:
             # The frozen base comes from init_from: an adapter checkpoint holds the adapter (a few MB).
@@ -513,7 +541,11 @@ class FlowModule(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._step_generator.on_load_checkpoint(checkpoint)
-        state = checkpoint["state_dict"]
+        state = checkpoint.get("state_dict")
+        if state is None:
+            # FSDP2 (ModelParallelStrategy) has loaded the weights into the sharded module itself
+            # and passes on the rest of the checkpoint only.
+            return
         if self.adapter_settings is not None:
             recorded = (checkpoint.get("foley_adapter") or {}).get("base", {}).get("generator")
             if recorded is not None and recorded != self.adapter_base["generator"]:

@@ -166,7 +166,8 @@ def main() -> None:
 
         reference = get_my_mmaudio(args.variant).eval()
         reference.load_weights(dict(reference_state))
-        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        # no_grad, not inference_mode: the counter's module tracker needs autograd-visible tensors.
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
             conditions = reference.preprocess_conditions(x["clip"], x["sync"], x["text"])
             empty = reference.get_empty_conditions(1)
             reference.ode_wrapper(torch.tensor(0.0), x["noise"].clone(), conditions, empty, args.cfg)

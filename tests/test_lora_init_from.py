@@ -112,3 +112,30 @@ def test_needs_a_network_and_codec_without_init_from() -> None:
         FlowModule(codec=tiny_codec())
     with pytest.raises(ValueError, match="codec_checkpoint"):
         FlowModule(network=torch.nn.Linear(2, 2))
+
+
+def test_adapter_checkpoint_reloads_onto_the_folder_base(base) -> None:
+    _, folder = base
+    module = FlowModule(init_from=str(folder), adapter={"rank": 2, "targets": r"joint_blocks\.0\.audio\.qkv"}, ema_decay=0.9)
+    assert module.ema_network.joint_blocks[0].audio.qkv.base_layer.weight is module.network.joint_blocks[0].audio.qkv.base_layer.weight
+    with torch.no_grad():
+        for name, parameter in module.network.named_parameters():
+            if ".lora_B." in name:
+                parameter.normal_()
+    module.update_ema(step=100)
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    assert sorted(k.split(".lora_")[1] for k in checkpoint["state_dict"] if ".lora_" in k) == [
+        "A.default.weight", "A.default.weight", "B.default.weight", "B.default.weight"]
+    assert not any(k.endswith("base_layer.weight") for k in checkpoint["state_dict"])
+    again = FlowModule(init_from=str(folder), adapter={"rank": 2, "targets": r"joint_blocks\.0\.audio\.qkv"}, ema_decay=0.9)
+    again.on_load_checkpoint(checkpoint)
+    again.load_state_dict(checkpoint["state_dict"], strict=True)
+    want = module.state_dict()
+    assert all(torch.equal(want[k], v) for k, v in again.state_dict().items())
+    # An adapter checkpoint of another base is refused with both fingerprints.
+    checkpoint["foley_adapter"]["base"]["generator"] = "0123456789abcdef"
+    with pytest.raises(ValueError, match="0123456789abcdef"):
+        again.on_load_checkpoint(checkpoint)
+    with pytest.raises(ValueError, match="init_from"):
+        FlowModule(codec=tiny_codec(), network=torch.nn.Linear(2, 2), adapter={"rank": 2})

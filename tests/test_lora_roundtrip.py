@@ -231,3 +231,11 @@ def test_adapter_for_another_base_is_refused(world, fitted, tmp_path) -> None:
         main(["generate", str(tmp_path / "clip.mp4"), "--model", str(other_folder), "--adapter", str(adapter),
               "--out", str(tmp_path / "g"), "--steps", "1"])
     assert stop.value.code == 2 and not (tmp_path / "g" / "clip.wav").exists()
+
+
+def test_bf16_mixed_fit_trains_the_adapter_in_float32(world) -> None:
+    _, checkpoint = _fit(world, "run_bf16", f"--data.init_args.train_shards={world['shards']}",
+                         "--data.init_args.load_video=true", "--trainer.precision=bf16-mixed", "--trainer.max_steps=2")
+    lora = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("network.") and ".lora_B." in k}
+    assert checkpoint["global_step"] == 2 and lora
+    assert all(v.dtype == torch.float32 for v in lora.values()) and any(v.abs().max() > 0 for v in lora.values())

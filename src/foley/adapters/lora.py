@@ -171,12 +171,12 @@ class _WeightSpace:
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         base = self.get_base_layer()  # type: ignore[attr-defined]
-        if not self._active():
-            return base(x, *args, **kwargs)
         if type(base) is nn.Linear:
             # foley calls per-token layers that are not plain nn.Linear as layer(x, mask)
             # (foley.models.layers.apply_token_layer); a per-token linear has no use for the mask.
             args, kwargs = (), {}
+        if not self._active():
+            return base(x, *args, **kwargs)
         return torch.func.functional_call(base, {"weight": self.weight}, (x, *args), kwargs)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from foley.synth import sound
 from foley.synth.draw import Canvas
-from foley.synth.objects import PALETTE, SceneObject, Timeline, schedule_frames, size_word
+from foley.synth.objects import PALETTE, SceneObject, Timeline, schedule_frames, size_word, strike_swing
 
 __all__ = ["Bell"]
 
@@ -56,19 +56,7 @@ class Bell(SceneObject):
 
     def swing_at(self, t: np.ndarray) -> np.ndarray:
         """Distance of the hammer head from the rim (0 exactly at strike times)."""
-        out = np.full(len(t), 0.12)
-        if not self.strikes:
-            return out
-        times = self.strike_times
-        before = t <= times[0]
-        out[before] = self.swings[0] * np.sin(0.5 * np.pi * np.minimum(1.0, (times[0] - t[before]) / 0.3))
-        for j in range(1, len(self.strikes)):
-            start, stop = times[j - 1], times[j]
-            inside = (t > start) & (t <= stop)
-            out[inside] = self.swings[j] * np.sin(np.pi * (t[inside] - start) / (stop - start))
-        after = t > times[-1]
-        out[after] = 0.12 * np.sin(np.minimum(np.pi / 2, np.pi * (t[after] - times[-1]) / 0.6))
-        return out
+        return strike_swing(t, self.strike_times, self.swings, 0.12)
 
     def loudness(self) -> np.ndarray:
         return self.swings / self.MAX_SWING

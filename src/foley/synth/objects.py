@@ -88,6 +88,24 @@ def schedule_frames(rng: np.random.Generator, timeline: Timeline, first: tuple[f
     return frames
 
 
+def strike_swing(t: np.ndarray, times: np.ndarray, amplitudes: np.ndarray, rest: float) -> np.ndarray:
+    """Distance of a striker (drum stick, hammer) from what it strikes at times ``t``: 0 exactly
+    at the strike ``times``, a half-sine swing of ``amplitudes[j]`` before strike ``j`` (held up,
+    then a 0.3 s swing into the first one), and back out to ``rest`` over 0.3 s after the last."""
+    distance = np.full(len(t), rest)
+    if not len(times):
+        return distance
+    before = t <= times[0]
+    distance[before] = amplitudes[0] * np.sin(0.5 * np.pi * np.minimum(1.0, (times[0] - t[before]) / 0.3))
+    for j in range(1, len(times)):
+        start, stop = times[j - 1], times[j]
+        inside = (t > start) & (t <= stop)
+        distance[inside] = amplitudes[j] * np.sin(np.pi * (t[inside] - start) / (stop - start))
+    after = t > times[-1]
+    distance[after] = rest * np.sin(np.minimum(np.pi / 2, np.pi * (t[after] - times[-1]) / 0.6))
+    return distance
+
+
 def size_word(value: float, low: float, high: float) -> str:
     third = (high - low) / 3
     return "small" if value < low + third else ("large" if value > high - third else "medium")
@@ -258,20 +276,7 @@ class Drum(SceneObject):
 
     def raise_at(self, t: np.ndarray) -> np.ndarray:
         """Height of the stick tip above the drum head (0 exactly at hit times)."""
-        height = np.full(len(t), self.rest)
-        if not self.hits:
-            return height
-        times = self.hit_times
-        before = t <= times[0]
-        # Held up, then a 0.3 s downswing into the first hit.
-        height[before] = self.raises[0] * np.sin(0.5 * np.pi * np.minimum(1.0, (times[0] - t[before]) / 0.3))
-        for j in range(1, len(self.hits)):
-            start, stop = times[j - 1], times[j]
-            inside = (t > start) & (t <= stop)
-            height[inside] = self.raises[j] * np.sin(np.pi * (t[inside] - start) / (stop - start))
-        after = t > times[-1]
-        height[after] = self.rest * np.sin(np.minimum(np.pi / 2, np.pi * (t[after] - times[-1]) / 0.6))
-        return height
+        return strike_swing(t, self.hit_times, self.raises, self.rest)
 
     def loudness(self) -> np.ndarray:
         return self.raises / self.MAX_RAISE

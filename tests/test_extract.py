@@ -121,6 +121,27 @@ def test_extract_resumes_and_overwrites(inputs, extracted):
     assert len(list(out.glob("features-*.tar"))) == 2
 
 
+def feature_members(out) -> dict[str, bytes]:
+    members = {}
+    for path in sorted(out.glob("features-*.tar")):
+        with tarfile.open(path) as tar:
+            members.update({m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".pth")})
+    return members
+
+
+def test_extract_reads_frames_whatever_the_overrides_say(inputs, extracted, caplog):
+    # A training overlay for feature shards sets load_video: false (configs/finetune/demo.yaml);
+    # passed to extract as an override it once made extract write latents and text features only,
+    # and stage 2 then trained without video conditions, silently.
+    out = inputs["root"] / "features_overlay"
+    run_extract(inputs, out, overrides=["--data.init_args.load_video=false"])
+    written, reference = feature_members(out), feature_members(extracted)
+    names = {name.partition(".")[2] for name in written}
+    assert {"clip_features.pth", "sync_features.pth", "clip_features_mask.pth", "sync_features_mask.pth"} <= names
+    assert written == reference
+    assert "have no" not in caplog.text
+
+
 @pytest.mark.slow
 def test_extract_two_processes_split_the_samples(inputs):
     # Two CPU processes stand in for two GPUs: each rank writes its own shards and done-list,

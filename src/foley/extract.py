@@ -104,6 +104,9 @@ class FeatureExtractor(LightningModule):
         self._pending: list[str] = []
         self._done_file: Path | None = None
         self._completed = 0
+        # Samples without frames for an encoder the model has (audio-only shards): counted and
+        # reported, since stage 2 then trains on them without that video condition.
+        self.missing_frames: dict[str, int] = {}
 
     # ----------------------------------------------------------------- writing
     def on_predict_start(self) -> None:
@@ -161,6 +164,8 @@ class FeatureExtractor(LightningModule):
             for name in ("clip", "sync", "text"):
                 features, mask = conditions[name], conditions[f"{name}_mask"]
                 if features is None:
+                    if name != "text" and getattr(module, f"{name}_encoder", None) is not None:
+                        self.missing_frames[name] = self.missing_frames.get(name, 0) + 1
                     continue
                 # CLIP and sync masks are prefixes (padding at the end); text keeps its full width.
                 length = features.shape[1] if name == "text" else int(mask[i].sum())
@@ -315,10 +320,14 @@ def extract(
 
     args = ["--config", str(fit_config), f"--data.init_args.predict_shards={remaining}",
             f"--data.init_args.batch_size={batch_size}", f"--data.init_args.num_workers={num_workers}",
-            "--data.init_args.load_video=true", "--trainer.logger=false"]
+            "--trainer.logger=false"]
     if codec_checkpoint is not None:
         args.append(f"--model.init_args.codec_checkpoint={codec_checkpoint}")
     args += list(overrides or [])
+    # Last, so that no config or override can turn it off: a training overlay for feature
+    # shards says `load_video: false` (e.g. configs/finetune/demo.yaml), and extracting with it
+    # would silently write latents without any CLIP or sync features.
+    args.append("--data.init_args.load_video=true")
     with _argv_without_tool_args():
         cli = FoleyCLI(args=args, run=False)
     flow_module, datamodule = cli.model, cli.datamodule
@@ -331,4 +340,9 @@ def extract(
                       enable_model_summary=False)
     trainer.predict(extractor, datamodule=datamodule, return_predictions=False)
     logger.info("foley extract: wrote %d sample(s) on rank %d to %s", extractor.written, trainer.global_rank, out)
+    for name, count in sorted(extractor.missing_frames.items()):
+        logger.warning("foley extract: %d of %d sample(s) on rank %d have no %s frames (no video in their shard), so "
+                       "no %s features were written for them; stage 2 trains on those samples without that video "
+                       "condition. If they should have video, re-run `foley prepare` on the source videos.",
+                       count, extractor.written, trainer.global_rank, name, name)
     return out

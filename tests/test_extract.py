@@ -129,12 +129,14 @@ def feature_members(out) -> dict[str, bytes]:
     return members
 
 
-def test_extract_reads_frames_whatever_the_overrides_say(inputs, extracted, caplog):
+def test_extract_reads_every_sample_and_its_frames_whatever_the_overrides_say(inputs, extracted, caplog):
     # A training overlay for feature shards sets load_video: false (configs/finetune/demo.yaml);
     # passed to extract as an override it once made extract write latents and text features only,
-    # and stage 2 then trained without video conditions, silently.
+    # and stage 2 then trained without video conditions, silently. A validation cap
+    # (max_val_samples, 64 in configs/finetune/lora.yaml) once cut extraction after N samples.
     out = inputs["root"] / "features_overlay"
-    run_extract(inputs, out, overrides=["--data.init_args.load_video=false"])
+    run_extract(inputs, out, overrides=["--data.init_args.load_video=false", "--data.init_args.max_val_samples=1"])
+    assert json.loads((out / "index.json").read_text())["total"] == 2
     written, reference = feature_members(out), feature_members(extracted)
     names = {name.partition(".")[2] for name in written}
     assert {"clip_features.pth", "sync_features.pth", "clip_features_mask.pth", "sync_features_mask.pth"} <= names

@@ -324,10 +324,12 @@ def extract(
     if codec_checkpoint is not None:
         args.append(f"--model.init_args.codec_checkpoint={codec_checkpoint}")
     args += list(overrides or [])
-    # Last, so that no config or override can turn it off: a training overlay for feature
+    # Last, so that no config or override can change them: a training overlay for feature
     # shards says `load_video: false` (e.g. configs/finetune/demo.yaml), and extracting with it
-    # would silently write latents without any CLIP or sync features.
-    args.append("--data.init_args.load_video=true")
+    # would silently write latents without any CLIP or sync features; a config's validation cap
+    # (`max_val_samples`, e.g. 64 in configs/finetune/lora.yaml) also caps predict loaders and
+    # would silently drop every sample after the first N.
+    args += ["--data.init_args.load_video=true", "--data.init_args.max_val_samples=null"]
     with _argv_without_tool_args():
         cli = FoleyCLI(args=args, run=False)
     flow_module, datamodule = cli.model, cli.datamodule

@@ -187,10 +187,26 @@ def test_default_targets_cover_the_mmdit_and_stay_small() -> None:
     network = MMDiT(latent_dim=40, hidden_dim=64, num_heads=2, joint_depth=1, audio_depth=1, mlp_ratio=2.0,
                     clip_dim=32, sync_dim=32, text_dim=32, clip_rate=8.0, sync_rate=12.5, max_text_tokens=32)
     names = LoraSettings(targets=GENERATOR_TARGETS).target_names(network)
-    leaves = {n.split(".", 3)[3] for n in names}
+    blocks = [n for n in names if n.startswith(("joint_blocks.", "audio_blocks."))]
+    leaves = {n.split(".", 3)[3] for n in blocks}
     assert {"qkv", "out"} <= leaves and any(leaf.startswith("mlp.") for leaf in leaves)
-    assert all(n.startswith(("joint_blocks.", "audio_blocks.")) for n in names)
+    # The sync path (the only way a new visual timing cue reaches the audio stream) is adapted
+    # too; the blocks' condition modulations, embeddings and the output layer are not.
+    assert sorted(set(names) - set(blocks)) == ["final_sync_modulation", "sync_conv.conv1", "sync_conv.conv2", "sync_in",
+                                                "sync_mlp.fc1", "sync_mlp.fc2", "sync_modulation.0", "sync_modulation.1"]
     base = sum(p.numel() for p in network.parameters())
     add_lora(network, LoraSettings(rank=4, alpha=4.0))
     trainable, total = trainable_fraction(network)
     assert total - trainable == base and trainable / base < 0.05
+
+
+def test_default_targets_reach_mmaudio_sync_path() -> None:
+    from foley.convert.mmaudio_network import network_config
+    from foley.models.mmdit import MMDiT
+
+    # MMAudio's layout: sync summed into the audio condition through a convolutional input
+    # projection with a SwiGLU MLP (no per-block sync modulations).
+    config = network_config(64, 2, 2, 1, False, latent_dim=20, clip_dim=32, sync_dim=32, text_dim=32, max_text_tokens=8)
+    names = LoraSettings(targets=GENERATOR_TARGETS).target_names(MMDiT(**config))
+    assert [n for n in names if n.startswith("sync")] == ["sync_in.proj", "sync_in.mlp.w1", "sync_in.mlp.w2", "sync_in.mlp.w3"]
+    assert not any(n.startswith(("audio_in", "clip_in", "text_in", "final_out", "global_mlp")) for n in names)

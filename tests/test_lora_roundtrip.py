@@ -130,13 +130,18 @@ def test_adapter_generate_merge_round_trip(world, fitted, tmp_path) -> None:
         layer = key[: -len(".lora_A.weight")]
         a, b = lora[key].double(), lora[f"{layer}.lora_B.weight"].double()
         w = base_weights[f"{layer}.weight"].double()
-        expected = w + scaling * (b @ a)
+        # Linears: A (r, in), B (out, r). Convolutions (the sync path's temporal conv MLP): A is a
+        # conv (r, in, k), B a 1x1 conv (out, r, 1), so B A is the (out, in, k) kernel.
+        a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+        delta = (b @ a).reshape(w.shape)
+        expected = w + scaling * delta
         # Error of float32 B @ A (r products, each rounded, summed) times the scaling, plus the
         # rounding of the sum: |err| <= eps (|W| + |D|) + r eps s (|B| |A|), doubled for safety.
-        bound = 2 * EPS32 * (w.abs() + (scaling * b @ a).abs() + config["r"] * scaling * (b.abs() @ a.abs())) + 1e-30
+        bound = 2 * EPS32 * (w.abs() + (scaling * delta).abs()
+                             + config["r"] * scaling * (b.abs() @ a.abs()).reshape(w.shape)) + 1e-30
         assert torch.all((merged_weights[f"{layer}.weight"].double() - expected).abs() <= bound), layer
         adapted_keys.add(f"{layer}.weight")
-    assert adapted_keys
+    assert adapted_keys and any(key.startswith("sync_conv.") for key in adapted_keys)  # a convolution merged too
     for key, value in base_weights.items():  # everything else is the base's
         if key not in adapted_keys:
             assert torch.equal(merged_weights[key], value), key

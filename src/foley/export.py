@@ -1,5 +1,7 @@
 """``foley export``: turn ``foley fit`` checkpoints (or an old bundle) into a model folder.
 
+A few-step student's checkpoint (``configs/distill/fewstep.yaml``) becomes a copy of its
+teacher's model folder holding the student, with the student's generation defaults.
 A LoRA run's checkpoint (``configs/finetune/lora.yaml``) becomes an adapter folder
 (:mod:`foley.adapters.folder`), or with ``--merge`` a standalone model folder of the base it
 was trained from with the adapter folded in; ``--model M --adapter A --merge`` does the same
@@ -66,7 +68,10 @@ def export(
     from foley.adapters.folder import load_adapter, merge_adapters
     from foley.pipeline import FoleyPipeline
 
-    if flow_ckpt is not None and _adapter_checkpoint(flow_ckpt):
+    if flow_ckpt is not None and _checkpoint_kind(flow_ckpt) == "distilled":
+        return _export_distilled_checkpoint(Path(out), flow_ckpt, stereo_ckpt, overwrite, store_encoders,
+                                            dict(sampler=sampler, steps=steps, cfg=cfg, negative_prompt=negative_prompt))
+    if flow_ckpt is not None and _checkpoint_kind(flow_ckpt) == "adapter":
         return _export_lora_checkpoint(Path(out), flow_ckpt, stereo_ckpt, merge, overwrite, store_encoders,
                                        dict(sampler=sampler, steps=steps, cfg=cfg, negative_prompt=negative_prompt))
     if model is not None:
@@ -97,12 +102,51 @@ def export(
     return folder
 
 
-def _adapter_checkpoint(path: str) -> bool:
-    """Whether a stage-2 checkpoint comes from a LoRA run (its hyper-parameters hold ``adapter``)."""
+def _checkpoint_kind(path: str) -> str:
+    """``"adapter"`` (a LoRA run), ``"distilled"`` (a few-step student) or ``"stage2"``, from its hyper-parameters."""
     import torch
 
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    return bool((checkpoint.get("hyper_parameters") or {}).get("adapter"))
+    hparams = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters") or {}
+    if hparams.get("adapter"):
+        return "adapter"
+    return "distilled" if hparams.get("distillation") is not None else "stage2"
+
+
+def _base_with_network(base: str, network: object, stereo_ckpt: str | None, generation: dict, out: Path,
+                       overwrite: bool, store_encoders: bool) -> Path:
+    """The ``init_from`` model folder ``base`` with its generator replaced by ``network``, written to ``out``."""
+    from foley.pipeline import FoleyPipeline
+
+    pipeline = FoleyPipeline.from_pretrained(base)
+    if stereo_ckpt is not None:
+        from foley.stages.stereo_module import StereoModule
+
+        pipeline.stereo = StereoModule.from_checkpoint(stereo_ckpt, codec=pipeline.flow.codec).eval()
+    pipeline.flow.network = network
+    pipeline.set_generation_params(**generation)
+    return pipeline.save_pretrained(out, overwrite=overwrite, store_encoders=store_encoders)
+
+
+def _export_distilled_checkpoint(out: Path, flow_ckpt: str, stereo_ckpt: str | None, overwrite: bool,
+                                 store_encoders: bool, generation: dict) -> Path:
+    """A few-step student's checkpoint as a copy of its teacher's model folder holding the student.
+
+    The stored defaults are the student's (plain Euler, its largest step count, no guidance pass)
+    unless given.
+    """
+    import copy
+
+    from foley.stages.distill_module import DistillModule
+
+    student = DistillModule.load_from_checkpoint(flow_ckpt, map_location="cpu", weights_only=True)
+    defaults = {"sampler": "euler", "steps": student.sample_steps, "cfg": 1.0}
+    defaults.update({k: v for k, v in generation.items() if v is not None})
+    network = copy.deepcopy(student.inference_network).requires_grad_(False)
+    folder = _base_with_network(str(student.hparams["init_from"]), network, stereo_ckpt, defaults, out, overwrite,
+                                store_encoders)
+    logger.info("exported %s: the %s-step student of %s (%s); use it with `foley generate VIDEOS --model %s --out OUT`",
+                folder, student.distillation.student_steps, student.hparams["init_from"], flow_ckpt, folder)
+    return folder
 
 
 def _export_lora_checkpoint(out: Path, flow_ckpt: str, stereo_ckpt: str | None, merge: bool, overwrite: bool,
@@ -112,7 +156,6 @@ def _export_lora_checkpoint(out: Path, flow_ckpt: str, stereo_ckpt: str | None, 
 
     from foley.adapters.folder import save_adapter
     from foley.adapters.lora import merge_lora
-    from foley.pipeline import FoleyPipeline
     from foley.stages.flow_module import FlowModule
 
     flow = FlowModule.load_from_checkpoint(flow_ckpt, map_location="cpu", weights_only=True)
@@ -125,13 +168,7 @@ def _export_lora_checkpoint(out: Path, flow_ckpt: str, stereo_ckpt: str | None, 
         logger.info("exported the adapter %s; use it with `foley generate VIDEOS --model %s --adapter %s --out OUT`",
                     folder, base, folder)
         return folder
-    pipeline = FoleyPipeline.from_pretrained(base)
-    if stereo_ckpt is not None:
-        from foley.stages.stereo_module import StereoModule
-
-        pipeline.stereo = StereoModule.from_checkpoint(stereo_ckpt, codec=pipeline.flow.codec).eval()
-    pipeline.flow.network = merge_lora(copy.deepcopy(flow.inference_network)).requires_grad_(False)
-    pipeline.set_generation_params(**generation)
-    folder = pipeline.save_pretrained(out, overwrite=overwrite, store_encoders=store_encoders)
+    network = merge_lora(copy.deepcopy(flow.inference_network)).requires_grad_(False)
+    folder = _base_with_network(str(base), network, stereo_ckpt, generation, out, overwrite, store_encoders)
     logger.info("exported %s (%s with the adapter of %s merged)", folder, base, flow_ckpt)
     return folder

@@ -7,6 +7,10 @@ Classifier-free guidance: ``v = s * v_cond + (1 - s) * v_uncond``.
 
 The class is network-agnostic: it only sees velocity functions ``(x_t, t) -> v`` where
 ``t`` has shape (B,).
+
+:class:`TrajectoryDistillation` is the few-step objective: a student conditioned on the step
+size learns the guided teacher's mean velocity over whole steps of its sampler, so that 1, 2
+or 4 Euler steps without a guidance pass land where the teacher's many guided steps do.
 """
 from __future__ import annotations
 
@@ -17,9 +21,11 @@ from torch import Tensor
 
 from foley.configurable import Configurable
 
-__all__ = ["FlowMatching", "VelocityFn"]
+__all__ = ["FlowMatching", "TrajectoryDistillation", "VelocityFn", "StepVelocityFn"]
 
 VelocityFn = Callable[[Tensor, Tensor], Tensor]
+# A few-step student: (x_t, t, step size) -> mean velocity over the step [t, t + step size].
+StepVelocityFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 _T_SAMPLINGS = ("logit_normal", "uniform")
 _METHODS = ("euler", "midpoint", "heun")
@@ -156,6 +162,36 @@ class FlowMatching(Configurable):
             x_known, _ = self.interpolate(noise, known, torch.full((x.shape[0],), t, device=x.device))
             return torch.where(known_mask, x_known, x)
 
+        field = self._field(velocity_fn, uncond_velocity_fn, cfg_strength)
+        x = noise
+        dt = 1.0 / steps
+        for i in range(steps):
+            x = self._step(field, x, i * dt, dt, method)
+            x = clamp_known(x, (i + 1) * dt if i + 1 < steps else 1.0)
+        return x
+
+    @torch.no_grad()
+    def trajectory(self, velocity_fn: VelocityFn, noise: Tensor, steps: int, every: int = 1,
+                   method: str = "euler") -> list[Tensor]:
+        """The states of :meth:`sample` (same arithmetic, no inpainting) after every ``every`` steps.
+
+        Returns:
+            ``steps // every + 1`` states: the noise, then the state at ``t = k * every / steps``.
+        """
+        if method not in _METHODS:
+            raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+        if steps < 1 or every < 1 or steps % every:
+            raise ValueError(f"steps ({steps}) must be a positive multiple of every ({every})")
+        field = self._field(velocity_fn, None, 1.0)
+        x, states, dt = noise, [noise], 1.0 / steps
+        for i in range(steps):
+            x = self._step(field, x, i * dt, dt, method)
+            if (i + 1) % every == 0:
+                states.append(x)
+        return states
+
+    def _field(self, velocity_fn: VelocityFn, uncond_velocity_fn: VelocityFn | None,
+               cfg_strength: float) -> Callable[[Tensor, float], Tensor]:
         def field(x: Tensor, t: float) -> Tensor:
             # Times stay float32 for networks in low precision; float64 states keep float64.
             t_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -165,17 +201,118 @@ class FlowMatching(Configurable):
                 v = self.guide(v, uncond_velocity_fn(x, tt), cfg_strength)
             return v.to(x.dtype)
 
-        x = noise
-        dt = 1.0 / steps
-        for i in range(steps):
-            t = i * dt
-            v = field(x, t)
-            if method == "euler":
-                x = x + dt * v
-            elif method == "midpoint":
-                x = x + dt * field(x + 0.5 * dt * v, t + 0.5 * dt)
-            else:
-                v_end = field(x + dt * v, t + dt)
-                x = x + 0.5 * dt * (v + v_end)
-            x = clamp_known(x, (i + 1) * dt if i + 1 < steps else 1.0)
-        return x
+        return field
+
+    @staticmethod
+    def _step(field: Callable[[Tensor, float], Tensor], x: Tensor, t: float, dt: float, method: str) -> Tensor:
+        v = field(x, t)
+        if method == "euler":
+            return x + dt * v
+        if method == "midpoint":
+            return x + dt * field(x + 0.5 * dt * v, t + 0.5 * dt)
+        v_end = field(x + dt * v, t + dt)
+        return x + 0.5 * dt * (v + v_end)
+
+
+class TrajectoryDistillation(Configurable):
+    """Few-step distillation of a guided flow sampler into a step-size-conditioned student.
+
+    The teacher (a trained velocity network with its classifier-free guidance) integrates the
+    flow from noise with ``teacher_steps`` steps. Its states on the grid ``t = k / F`` (``F`` the
+    largest student step count) give, for every student step count ``N`` and step ``i``, the
+    mean velocity of the teacher's path over that step, ``(x_{(i+1)/N} - x_{i/N}) * N``. The
+    student sees ``x_{i/N}``, the time ``i/N`` and the step size ``1/N`` and regresses it, so
+    that ``N`` plain Euler steps of size ``1/N`` follow the teacher's path to its end point.
+    Guidance is in the targets: the student makes one pass per step. One teacher path trains
+    every step count at once (``sum(student_steps)`` regression pairs per sample).
+
+    Reflow-style distillation (Liu et al. 2023, "Flow straight and fast"; the shortcut models
+    of Frans et al. 2024 condition on the step size the same way); this is its own
+    implementation.
+
+    Args:
+        student_steps: the step counts the student learns; each must divide the largest.
+        teacher_steps: the teacher's Euler (or ``teacher_method``) steps over [0, 1]; a multiple
+            of the largest student step count.
+        teacher_cfg: the teacher's guidance strength; ``None``: the teacher model's default.
+        teacher_method: the teacher's ODE method.
+    """
+
+    def __init__(self, student_steps: list[int] | tuple[int, ...] = (1, 2, 4), teacher_steps: int = 32,
+                 teacher_cfg: float | None = None, teacher_method: str = "euler") -> None:
+        counts = sorted({int(n) for n in student_steps})
+        if not counts or counts[0] < 1:
+            raise ValueError(f"student_steps must list positive step counts, got {list(student_steps)}")
+        finest = counts[-1]
+        if any(finest % n for n in counts):
+            raise ValueError(f"every student step count must divide the largest ({finest}), got {counts}")
+        if teacher_steps < finest or teacher_steps % finest:
+            raise ValueError(f"teacher_steps ({teacher_steps}) must be a multiple of the largest student step "
+                             f"count ({finest})")
+        if teacher_method not in _METHODS:
+            raise ValueError(f"teacher_method must be one of {_METHODS}, got {teacher_method!r}")
+        self.student_steps = counts
+        self.teacher_steps = int(teacher_steps)
+        self.teacher_cfg = teacher_cfg
+        self.teacher_method = teacher_method
+
+    @property
+    def finest(self) -> int:
+        """The largest student step count (the grid of teacher states kept)."""
+        return self.student_steps[-1]
+
+    def teacher_states(self, teacher_fn: VelocityFn, noise: Tensor) -> list[Tensor]:
+        """The teacher's states at ``t = k / finest``, ``k = 0 .. finest`` (``teacher_fn`` guides itself)."""
+        return FlowMatching().trajectory(teacher_fn, noise, self.teacher_steps,
+                                         every=self.teacher_steps // self.finest, method=self.teacher_method)
+
+    def pairs(self, states: list[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Regression pairs of every student step, stacked along the batch.
+
+        Returns:
+            ``(x, t, step_size, target, step_count)``: states ``(P*B, ...)``, their times and step
+            sizes ``(P*B,)`` float32, the teacher's mean velocities over the steps ``(P*B, ...)``, and
+            the student step count each pair belongs to ``(P*B,)``, with ``P = sum(student_steps)``
+            and pairs ordered by step count, then step.
+        """
+        if len(states) != self.finest + 1:
+            raise ValueError(f"need {self.finest + 1} states on the grid t = k/{self.finest}, got {len(states)}")
+        batch = states[0].shape[0]
+        device = states[0].device
+        xs, targets, times, sizes, counts = [], [], [], [], []
+        for n in self.student_steps:
+            stride = self.finest // n
+            for i in range(n):
+                start, end = states[i * stride], states[(i + 1) * stride]
+                xs.append(start)
+                targets.append((end - start) * n)
+                times.append(torch.full((batch,), i / n, device=device))
+                sizes.append(torch.full((batch,), 1.0 / n, device=device))
+                counts.append(torch.full((batch,), n, device=device, dtype=torch.long))
+        return torch.cat(xs), torch.cat(times), torch.cat(sizes), torch.cat(targets), torch.cat(counts)
+
+    def loss(self, student_fn: StepVelocityFn, states: list[Tensor], mask: Tensor | None = None) -> Tensor:
+        """Mean squared error of the student's step velocities, each step count weighted equally.
+
+        Args:
+            student_fn: ``(x, t, step_size) -> v`` for stacked pairs (see :meth:`pairs`).
+            states: :meth:`teacher_states`.
+            mask: optional bool ``(B, T)`` (leading dimensions of a state) of real elements.
+
+        Returns:
+            Scalar float32 loss.
+        """
+        x, t, step_size, target, counts = self.pairs(states)
+        error = (student_fn(x, t, step_size).float() - target.float()).square()
+        if mask is None:
+            per_pair = error.reshape(error.shape[0], -1).mean(1)
+        else:
+            repeats = x.shape[0] // mask.shape[0]
+            if mask.shape != states[0].shape[:mask.dim()]:
+                raise ValueError(f"mask shape {tuple(mask.shape)} does not match the leading dimensions of the "
+                                 f"states {tuple(states[0].shape)}")
+            weights = mask.repeat(repeats, *([1] * (mask.dim() - 1)))
+            weights = weights.reshape(*weights.shape, *([1] * (error.dim() - weights.dim()))).to(error.dtype)
+            weights = weights.expand_as(error).reshape(error.shape[0], -1)
+            per_pair = (error.reshape(error.shape[0], -1) * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        return torch.stack([per_pair[counts == n].mean() for n in self.student_steps]).mean()

@@ -341,6 +341,10 @@ class MMDiT(Configurable, nn.Module):
         gradient_checkpointing: recompute each block in the backward pass instead of
             storing its activations (training only; ~30 % slower, much less memory for
             the large sizes or long clips).
+        distilled_steps: step counts a few-step student was distilled for
+            (:class:`foley.flow.TrajectoryDistillation`); adds an embedding of the step size
+            ``d`` to the time embedding, so one network predicts the mean velocity over a step
+            of any of these sizes. ``None``: a plain velocity network.
     """
 
     def __init__(self, latent_dim: int = 40, hidden_dim: int = 448, num_heads: int = 7,
@@ -361,8 +365,11 @@ class MMDiT(Configurable, nn.Module):
                  global_mlp: bool = False, duration_embeddings: bool = True,
                  final_kernel_size: int = 1, final_sync: bool = True,
                  empty_features: Literal["placeholder", "learned"] = "placeholder",
-                 norm_eps: float = 1e-6, qk_norm_eps: float | None = 1e-6) -> None:
+                 norm_eps: float = 1e-6, qk_norm_eps: float | None = 1e-6,
+                 distilled_steps: list[int] | None = None) -> None:
         super().__init__()
+        if distilled_steps is not None and (not distilled_steps or any(int(n) < 1 for n in distilled_steps)):
+            raise ValueError(f"distilled_steps must list positive step counts, got {distilled_steps}")
         if hidden_dim % num_heads or (hidden_dim // num_heads) % 2:
             raise ValueError(f"hidden_dim must split into num_heads heads of even size (64 in the "
                              f"reference sizes), got hidden_dim={hidden_dim}, num_heads={num_heads}")
@@ -426,6 +433,11 @@ class MMDiT(Configurable, nn.Module):
         time_spec = {"frequency_dim": 256, "scale": 1000.0, "max_period": 10000.0, **(time_embedding or {})}
         self.time_embed = SinusoidalEmbedding(d, int(time_spec["frequency_dim"]), float(time_spec["scale"]),
                                               float(time_spec["max_period"]))
+        self.distilled_steps = sorted({int(n) for n in distilled_steps}) if distilled_steps else None
+        # Step size d of a few-step student, added to the time embedding (zero at initialisation,
+        # so a student starts as the velocity network it is distilled from).
+        self.step_embed = (SinusoidalEmbedding(d, int(time_spec["frequency_dim"]), float(time_spec["scale"]),
+                                               float(time_spec["max_period"])) if distilled_steps else None)
         if duration_embeddings:
             self.start_embed = SinusoidalEmbedding(d, scale=10.0)
             self.total_embed = SinusoidalEmbedding(d, scale=10.0)
@@ -478,6 +490,8 @@ class MMDiT(Configurable, nn.Module):
             if self.final_sync:
                 zero.append(self.final_sync_modulation)
         zero += [self.final_modulation, self.final_out]
+        if self.step_embed is not None:
+            zero.append(self.step_embed.fc2)
         if self.sync_conv is not None:  # its residual branch starts as the identity
             zero.append(self.sync_conv.conv2)
         for layer in zero:
@@ -664,8 +678,13 @@ class MMDiT(Configurable, nn.Module):
             global_cond=global_cond, sync_modulation=sync_modulation, sync_tokens=sync_tokens)
 
     # --------------------------------------------------------------------- forward
-    def forward_cached(self, x: Tensor, t: Tensor, cache: ConditionCache) -> Tensor:
-        """Velocity for noisy latents ``x`` (B, T_a, latent_dim) at times ``t`` (B,)."""
+    def forward_cached(self, x: Tensor, t: Tensor, cache: ConditionCache, step_size: Tensor | None = None) -> Tensor:
+        """Velocity for noisy latents ``x`` (B, T_a, latent_dim) at times ``t`` (B,).
+
+        ``step_size`` (B,) or scalar: for a few-step student (``distilled_steps``), the size of
+        the step the velocity is for (``None``: 0, the instantaneous velocity); a plain network
+        refuses it.
+        """
         if x.dim() != 3 or x.shape[-1] != self.latent_dim:
             raise ValueError(f"x must have shape (B, T, {self.latent_dim}), got {tuple(x.shape)}")
         if t.dim() == 0:
@@ -674,6 +693,8 @@ class MMDiT(Configurable, nn.Module):
             raise ValueError(f"x has shape {tuple(x.shape)} but the conditions were prepared for "
                              f"batch {cache.batch_size} and {cache.audio_length} latent frames")
         condition = self.time_embed(t).float() + cache.global_cond
+        if step_size is not None or self.step_embed is not None:
+            condition = condition + self._step_condition(step_size, t)
         cond = F.silu(condition)
         # "summed": the audio stream is modulated by silu(condition + sync token), per token.
         audio_cond = cond if cache.sync_tokens is None else F.silu(condition[:, None] + cache.sync_tokens)
@@ -695,6 +716,15 @@ class MMDiT(Configurable, nn.Module):
         hidden = modulate(layer_norm(audio, self.norm_eps), shift, 1 + scale)
         return apply_token_layer(self.final_out, hidden, cache.audio_mask).to(x.dtype)
 
+    def _step_condition(self, step_size: Tensor | float | None, t: Tensor) -> Tensor:
+        if self.step_embed is None:
+            raise ValueError("step_size is for few-step students (MMDiT(distilled_steps=...)); this network "
+                             "predicts the instantaneous velocity only")
+        if step_size is None:
+            step_size = 0.0
+        step_size = torch.as_tensor(step_size, device=t.device, dtype=torch.float32)
+        return self.step_embed(step_size.expand(t.shape[0])).float()
+
     def _run(self, block: nn.Module, *args: object):
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(block, *args, use_reentrant=False)
@@ -705,8 +735,9 @@ class MMDiT(Configurable, nn.Module):
                 sync: Tensor | None = None, sync_mask: Tensor | None = None,
                 text: Tensor | None = None, text_mask: Tensor | None = None,
                 audio_mask: Tensor | None = None, drop_clip: Tensor | None = None,
-                drop_sync: Tensor | None = None, drop_text: Tensor | None = None) -> Tensor:
-        """Predicts the velocity ``dx/dt``.
+                drop_sync: Tensor | None = None, drop_text: Tensor | None = None,
+                step_size: Tensor | None = None) -> Tensor:
+        """Predicts the velocity ``dx/dt`` (a few-step student: the mean velocity over a step).
 
         Args:
             x: noisy latents (B, T_a, latent_dim).
@@ -723,6 +754,7 @@ class MMDiT(Configurable, nn.Module):
             drop_clip, drop_sync, drop_text: (B,) bool, replace that modality by its
                 placeholder for the flagged samples (condition dropout / CFG). A sample
                 whose mask has no real token for a modality is treated as dropped.
+            step_size: (B,) step sizes for a few-step student (see :meth:`forward_cached`).
 
         Returns:
             (B, T_a, latent_dim) velocity in the dtype of ``x``.
@@ -731,14 +763,15 @@ class MMDiT(Configurable, nn.Module):
             x.shape[1], seconds_start=seconds_start, seconds_total=seconds_total, clip=clip,
             clip_mask=clip_mask, sync=sync, sync_mask=sync_mask, text=text, text_mask=text_mask,
             audio_mask=audio_mask, drop_clip=drop_clip, drop_sync=drop_sync, drop_text=drop_text)
-        return self.forward_cached(x, t, cache)
+        return self.forward_cached(x, t, cache, step_size)
 
-    def velocity_fn(self, cache: ConditionCache) -> Callable[[Tensor, Tensor], Tensor]:
-        """``(x, t) -> v`` for :meth:`foley.flow.FlowMatching.sample`."""
-        return lambda x, t: self.forward_cached(x, t, cache)
+    def velocity_fn(self, cache: ConditionCache, step_size: float | None = None) -> Callable[[Tensor, Tensor], Tensor]:
+        """``(x, t) -> v`` for :meth:`foley.flow.FlowMatching.sample` (``step_size``: a few-step
+        student's step, ``1 / steps`` of a uniform grid)."""
+        return lambda x, t: self.forward_cached(x, t, cache, step_size)
 
-    def guided_velocity_fn(self, cond: ConditionCache, uncond: ConditionCache, cfg_strength: float
-                           ) -> Callable[[Tensor, Tensor], Tensor]:
+    def guided_velocity_fn(self, cond: ConditionCache, uncond: ConditionCache, cfg_strength: float,
+                           step_size: float | None = None) -> Callable[[Tensor, Tensor], Tensor]:
         """Classifier-free-guided ``(x, t) -> v`` running both branches in one batched pass.
 
         Pass the result to ``FlowMatching.sample`` without ``uncond_velocity_fn``.
@@ -746,7 +779,7 @@ class MMDiT(Configurable, nn.Module):
         both = ConditionCache.cat([cond, uncond])
 
         def guided(x: Tensor, t: Tensor) -> Tensor:
-            v_cond, v_uncond = self.forward_cached(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)
+            v_cond, v_uncond = self.forward_cached(torch.cat([x, x]), torch.cat([t, t]), both, step_size).chunk(2)
             return FlowMatching.guide(v_cond, v_uncond, cfg_strength)
 
         return guided

@@ -23,6 +23,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from foley.configurable import Configurable
 from foley.flow import FlowMatching
 from foley.stages import conditions as cond_lib
 from foley.stages.conditions import MODALITIES, Conditions
@@ -132,7 +133,7 @@ class FlowModule(LightningModule):
         # Objects passed from Python are not plain data; under LightningCLI these entries are
         # class_path/init_args dicts and are kept so load_from_checkpoint can rebuild the module.
         self.remove_ignored_hparams(
-            [k for k, v in self.hparams.items() if isinstance(v, (nn.Module, FlowMatching)) or callable(v)]
+            [k for k, v in self.hparams.items() if isinstance(v, (nn.Module, Configurable)) or callable(v)]
         )
         # Parts rebuilt from the init_from folder are left out of checkpoints like files' weights.
         self._from_folder: set[str] = set()
@@ -452,16 +453,32 @@ class FlowModule(LightningModule):
         inpaint = {"known": known, "known_mask": known_mask}
         guided = cfg != 1.0
         if hasattr(network, "prepare_conditions") and hasattr(network, "guided_velocity_fn"):
+            step = self._student_step_size(network, steps, method)
             cond_cache = network.prepare_conditions(length, **cond)
             if guided:
-                velocity = network.guided_velocity_fn(cond_cache, network.prepare_conditions(length, **uncond), cfg)
+                velocity = network.guided_velocity_fn(cond_cache, network.prepare_conditions(length, **uncond), cfg,
+                                                      **step)
             else:
-                velocity = network.velocity_fn(cond_cache)
+                velocity = network.velocity_fn(cond_cache, **step)
             return self.flow.sample(velocity, noise, steps=steps, method=method, **inpaint)
         return self.flow.sample(
             lambda x, t: network(x, t, **cond), noise, steps=steps, method=method, cfg_strength=cfg,
             uncond_velocity_fn=(lambda x, t: network(x, t, **uncond)) if guided else None, **inpaint,
         )
+
+    @staticmethod
+    def _student_step_size(network: nn.Module, steps: int, method: str) -> dict[str, float]:
+        """``{"step_size": 1 / steps}`` for a few-step student (``distilled_steps``), else ``{}``."""
+        distilled = getattr(network, "distilled_steps", None)
+        if not distilled:
+            return {}
+        if method != "euler":
+            raise ValueError(f"this generator is a few-step student (distilled for {distilled} steps): it predicts "
+                             f"whole Euler steps; use sampler 'euler', not {method!r}")
+        if steps not in distilled:
+            logger.warning("this generator was distilled for %s steps; %d steps is outside what it learnt "
+                           "(its step-size embedding is interpolated)", distilled, steps)
+        return {"step_size": 1.0 / steps}
 
     @torch.no_grad()
     def latent_mel(self, latent: Tensor) -> Tensor:

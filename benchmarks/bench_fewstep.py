@@ -7,9 +7,10 @@ The teacher is the demo's model (``python -m foley.demo --out DEMO_OUT``). This 
 2. exports the student (``foley export --flow_ckpt``) into ``OUT/model`` (defaults: 4 steps, cfg 1);
 3. generates the demo's held-out test clips, and the same clips with their frames shuffled in
    time, with the teacher at 25 steps (guided, the reference) and at its stored default, the
-   teacher at 4 guided steps (few steps without distillation), and the student at 1, 2 and 4
-   steps, and scores each with the demo's evaluator (onset F1, precision, recall, sync offset,
-   pan correlation);
+   teacher at 4, 2 and 1 guided steps (few steps without distillation), and the student at 1, 2
+   and 4 steps, and scores each with the demo's evaluator (onset F1, precision, recall, sync
+   offset, pan correlation) and by its log-mel distance to the 25-step teacher's sample of the
+   same clip from the same noise;
 4. writes ``OUT/report.json`` and ``OUT/report.md`` (target: the student's onset F1 at 4 steps
    >= 95 % of the 25-step teacher's, with the shuffled-frames baseline staying low).
 
@@ -112,12 +113,36 @@ def _evaluate_all(variants: dict[str, dict[str, Any]], out: Path, jobs: int) -> 
     return results
 
 
+def mel_distance(generated: Path, reference: Path) -> float:
+    """Mean L1 distance of log-mel spectrograms (mono mix) between two folders' wavs of the same clips.
+
+    Every variant starts each clip from the same noise (same seed), so this measures how far a
+    sampler's result lies from the 25-step teacher's own sample: what distillation should shrink.
+    """
+    import torch
+
+    from foley.io.media import read_audio
+    from foley.models.mel import LogMelSpectrogram
+
+    mel = LogMelSpectrogram(sample_rate=44100, n_fft=2048, hop_length=512, win_length=2048, n_mels=128)
+    distances = []
+    for path in sorted(reference.glob("*.wav")):
+        ours, _ = read_audio(generated / path.name)
+        theirs, _ = read_audio(path)
+        n = min(ours.shape[-1], theirs.shape[-1])
+        a = mel(torch.from_numpy(ours[..., :n]).float().mean(0, keepdim=True))
+        b = mel(torch.from_numpy(theirs[..., :n]).float().mean(0, keepdim=True))
+        distances.append(float((a - b).abs().mean()))
+    return sum(distances) / len(distances)
+
+
 def _markdown(report: dict[str, Any]) -> str:
     def fmt(x: float) -> str:
         return "n/a" if x != x else f"{x:.3f}"
 
     lines = ["| sampler | steps | network passes | onset F1 | precision | recall | sync offset (s) | pan corr "
-             "| F1, shuffled frames | s per 4-s clip |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| F1, shuffled frames | log-mel L1 to the 25-step teacher's sample | s per 4-s clip |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in report["results"].items():
         spec = report["variants"][name]
         passes = spec["steps"] * (2 if spec["cfg"] != 1.0 else 1)
@@ -125,7 +150,7 @@ def _markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {spec['label']} | {spec['steps']} | {passes} | {fmt(video['onset_f1'])} | "
                      f"{fmt(video['onset_precision'])} | {fmt(video['onset_recall'])} | {fmt(video['sync_offset'])} | "
                      f"{fmt(video.get('pan_corr', float('nan')))} | {fmt(shuffled['onset_f1'])} | "
-                     f"{row['video_seconds_per_clip']:.2f} |")
+                     f"{fmt(row['mel_l1_to_teacher_25'])} | {row['video_seconds_per_clip']:.2f} |")
     fit = report["fit"]
     ratio = report["ratio_4_steps_to_teacher_25"]
     lines += ["", f"{report['test_clips']} held-out clips of the demo's test set; the demo's evaluator. "
@@ -158,11 +183,14 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
         "teacher_25": {**common, "label": f"teacher, Euler + CFG {cfg:g}", "model": str(teacher), "steps": 25, "cfg": cfg},
         "teacher_default": {**common, "label": f"teacher, Euler + CFG {cfg:g} (stored default)", "model": str(teacher),
                             "steps": int(teacher_defaults["steps"]), "cfg": cfg},
-        "teacher_4": {**common, "label": f"teacher, Euler + CFG {cfg:g}", "model": str(teacher), "steps": 4, "cfg": cfg},
+        **{f"teacher_{n}": {**common, "label": f"teacher, Euler + CFG {cfg:g}", "model": str(teacher), "steps": n, "cfg": cfg}
+           for n in (4, 2, 1)},
         **{f"student_{n}": {**common, "label": "student (distilled guidance)", "model": str(student), "steps": n, "cfg": 1.0}
            for n in (4, 2, 1)},
     }
     results = _evaluate_all(variants, out, ns.jobs)
+    for name, row in results.items():
+        row["mel_l1_to_teacher_25"] = mel_distance(out / "generated" / name / "video", out / "generated" / "teacher_25" / "video")
     report = {"fit": fit, "variants": variants, "results": results,
               "test_clips": len(list((out / "generated" / "teacher_25" / "video").glob("*.wav"))),
               "ratio_4_steps_to_teacher_25": results["student_4"]["video"]["onset_f1"]

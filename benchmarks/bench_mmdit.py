@@ -6,6 +6,7 @@ time. Run:
 
     .venv/bin/python benchmarks/bench_mmdit.py            # small size, fp32 and bf16, CPU
     .venv/bin/python benchmarks/bench_mmdit.py --threads 1 --dtypes bfloat16 --train-batch 0
+    .venv/bin/python benchmarks/bench_mmdit.py --threads 2 --fewstep 4 --train-batch 0  # + a 4-step student
     python benchmarks/bench_mmdit.py --device cuda        # GPU; also checks for host syncs
 
 Training on a GPU runs float32 weights under bf16 autocast; on the CPU it runs plain
@@ -48,6 +49,21 @@ def matmul_rate(dtype: torch.dtype, device: torch.device, size: int = 2048, repe
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
+def linear_rate(dtype: torch.dtype, device: torch.device, rows: int, features: int, outputs: int,
+                repeats: int = 20) -> float:
+    """Measured GFLOP/s of ``F.linear`` at the network's own shapes: (rows, features) @ (features, outputs)."""
+    x = torch.randn(rows, features, dtype=dtype, device=device)
+    weight = torch.randn(outputs, features, dtype=dtype, device=device)
+    for _ in range(3):
+        torch.nn.functional.linear(x, weight)
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        torch.nn.functional.linear(x, weight)
+    synchronize(device)
+    return 2 * rows * features * outputs * repeats / (time.perf_counter() - start) / 1e9
+
+
 def flops_per_pass(model: MMDiT, batch: int, audio_len: int, clip_len: int, text_len: int) -> float:
     """Matmul + attention FLOPs of one ``forward_cached`` call (conditions cached)."""
     d = model.hidden_dim
@@ -67,7 +83,12 @@ def flops_per_pass(model: MMDiT, batch: int, audio_len: int, clip_len: int, text
     return batch * flops
 
 
-def generation_seconds(model: MMDiT, steps: int, seconds: float, repeats: int, device: torch.device) -> float:
+def generation_seconds(model: MMDiT, steps: int, seconds: float, repeats: int, device: torch.device,
+                       cfg: float = 4.5) -> float:
+    """Best wall time of one ``seconds``-long generation: conditions, then ``steps`` Euler steps.
+
+    ``cfg`` 1 runs one pass per step (a few-step student, which is also told its step size).
+    """
     latent_rate = 44100 / 1024
     audio_len = int(round(seconds * latent_rate))
     clip_len, sync_len, text_len = int(seconds * 8), int(seconds * 24), 77
@@ -87,9 +108,13 @@ def generation_seconds(model: MMDiT, steps: int, seconds: float, repeats: int, d
             synchronize(device)
             start = time.perf_counter()
             cond = model.prepare_conditions(audio_len, **conds)
-            uncond = model.prepare_conditions(audio_len, **conds, **drop)
             noise = torch.randn(1, audio_len, model.latent_dim, generator=g).to(device)
-            out = fm.sample(model.guided_velocity_fn(cond, uncond, 4.5), noise, steps=steps, method="euler")
+            step = {"step_size": 1.0 / steps} if model.distilled_steps else {}
+            if cfg == 1.0:
+                velocity = model.velocity_fn(cond, **step)
+            else:
+                velocity = model.guided_velocity_fn(cond, model.prepare_conditions(audio_len, **conds, **drop), cfg, **step)
+            out = fm.sample(velocity, noise, steps=steps, method="euler")
             synchronize(device)
             best = min(best, time.perf_counter() - start)
             if not torch.isfinite(out).all():
@@ -148,6 +173,10 @@ def main() -> None:
     parser.add_argument("--train-batch", type=int, default=4, help="0 skips the training benchmark")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time generation through MMDiT.compile_inference (torch.compile, frozen weights)")
+    parser.add_argument("--fewstep", type=int, default=0,
+                        help="also time a few-step student (distilled_steps) for this many steps without CFG")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -167,15 +196,52 @@ def main() -> None:
     print(f"small MMDiT: {params / 1e6:.1f} M parameters; {audio_len} latent frames; "
           f"{step_flops / 1e9:.1f} GFLOP per guided step (cond + uncond batched)")
 
+    mlp_hidden = model.audio_blocks[0].audio.mlp.fc1.out_features
+    student = None
+    if args.fewstep:
+        # The same network as a few-step student (a step-size embedding more); untrained weights
+        # time the same as trained ones.
+        student = MMDiT(**SMALL, distilled_steps=[1, 2, 4]).eval()
+        student.load_state_dict(model.state_dict(), strict=False)
+        student = student.to(device)
     for name in args.dtypes:
         dtype = getattr(torch, name)
         model = model.to(dtype)
         rate = matmul_rate(dtype, device)
+        # The rate the DiT's own largest matmuls reach (MLP fc1: both CFG branches' audio tokens).
+        dit_rate = linear_rate(dtype, device, 2 * audio_len, model.hidden_dim, mlp_hidden)
         elapsed = generation_seconds(model, args.steps, args.seconds, args.repeats, device)
         achieved = step_flops * args.steps / elapsed / 1e9
-        print(f"[generate {name}] matmul {rate:.0f} GFLOP/s | {args.seconds:g} s clip, {args.steps} Euler "
-              f"steps + CFG: {elapsed:.2f} s ({achieved:.0f} GFLOP/s = {achieved / rate:.0%} of matmul rate)",
-              flush=True)
+        print(f"[generate {name}] matmul {rate:.0f} GFLOP/s, linear {2 * audio_len}x{model.hidden_dim} @ "
+              f"{model.hidden_dim}x{mlp_hidden} {dit_rate:.0f} GFLOP/s | {args.seconds:g} s clip, {args.steps} Euler "
+              f"steps + CFG: {elapsed:.2f} s ({achieved:.0f} GFLOP/s = {achieved / dit_rate:.0%} of the linear rate, "
+              f"{achieved / rate:.0%} of the square matmul rate)", flush=True)
+        if args.compile:
+            model.compile_inference()
+            started = time.perf_counter()
+            generation_seconds(model, 1, args.seconds, 1, device)  # compiles (one shape)
+            compile_seconds = time.perf_counter() - started
+            compiled = generation_seconds(model, args.steps, args.seconds, args.repeats, device)
+            model.compile_inference(False)
+            eager = generation_seconds(model, args.steps, args.seconds, args.repeats, device)  # again, same minute
+            dit_rate = linear_rate(dtype, device, 2 * audio_len, model.hidden_dim, mlp_hidden)
+            achieved = step_flops * args.steps / compiled / 1e9
+            print(f"[compiled {name}] linear {dit_rate:.0f} GFLOP/s | {args.steps} Euler steps + CFG: {compiled:.2f} s "
+                  f"({achieved:.0f} GFLOP/s = {achieved / dit_rate:.0%} of the linear rate) vs eager {eager:.2f} s "
+                  f"measured after it: {eager / compiled:.2f}x; compilation {compile_seconds:.0f} s", flush=True)
+        if student is not None:
+            student = student.to(dtype)
+            if args.compile:
+                student.compile_inference()
+                generation_seconds(student, 1, args.seconds, 1, device, cfg=1.0)  # compiles
+            steps = args.fewstep
+            pass_flops = flops_per_pass(student, 1, audio_len, int(args.seconds * 8), 77)
+            one_rate = linear_rate(dtype, device, audio_len, model.hidden_dim, mlp_hidden)
+            elapsed = generation_seconds(student, steps, args.seconds, args.repeats, device, cfg=1.0)
+            achieved = pass_flops * steps / elapsed / 1e9
+            print(f"[few-step {name}] linear {audio_len}x{model.hidden_dim} @ {model.hidden_dim}x{mlp_hidden} "
+                  f"{one_rate:.0f} GFLOP/s | {args.seconds:g} s clip, {steps} student steps, no CFG pass: "
+                  f"{elapsed:.3f} s ({achieved:.0f} GFLOP/s = {achieved / one_rate:.0%} of the linear rate)", flush=True)
     model = model.float()
     if args.train_batch:
         rate = matmul_rate(torch.bfloat16 if device.type == "cuda" else torch.float32, device)

@@ -168,3 +168,26 @@ def test_step_conditioned_network_starts_as_its_teacher() -> None:
         teacher(x, t, **conditions, step_size=torch.ones(2))
     with pytest.raises(ValueError, match="already"):
         student_network(student, [1, 2])
+
+
+@pytest.mark.parametrize("name", ["network_v1", "network_v2"])
+def test_converted_mmaudio_networks_distil_the_same_way(name) -> None:
+    """A student of MMAudio's layout (tiny networks with MMAudio's reference weights) also starts
+    as its teacher, and its step embedding follows MMAudio's time-embedding settings."""
+    import sys
+    from pathlib import Path
+
+    from foley.stages.distill_module import student_network
+
+    sys.path.insert(0, str(Path(__file__).parent / "models"))
+    from test_mmaudio_network import durations, load_fixture
+
+    teacher, _, _, inputs, _, _ = load_fixture(name)
+    student = student_network(teacher, [1, 2, 4]).eval()
+    assert student.step_embed.scale == teacher.time_embed.scale
+    conditions = dict(clip=inputs["clip_f"], sync=inputs["sync_f"], text=inputs["text_f"], **durations(inputs))
+    with torch.no_grad():
+        reference = teacher(inputs["latent"], inputs["t"], **conditions)
+        size = torch.full((inputs["latent"].shape[0],), 0.25)
+        torch.testing.assert_close(student(inputs["latent"], inputs["t"], **conditions, step_size=size), reference,
+                                   rtol=0, atol=0)

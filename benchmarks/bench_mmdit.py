@@ -18,6 +18,7 @@ attention; elementwise work is not counted.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -175,6 +176,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", action="store_true",
                         help="also time generation through MMDiT.compile_inference (torch.compile, frozen weights)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating compiled/eager rounds with --compile")
     parser.add_argument("--fewstep", type=int, default=0,
                         help="also time a few-step student (distilled_steps) for this many steps without CFG")
     args = parser.parse_args()
@@ -221,14 +223,21 @@ def main() -> None:
             started = time.perf_counter()
             generation_seconds(model, 1, args.seconds, 1, device)  # compiles (one shape)
             compile_seconds = time.perf_counter() - started
-            compiled = generation_seconds(model, args.steps, args.seconds, args.repeats, device)
-            model.compile_inference(False)
-            eager = generation_seconds(model, args.steps, args.seconds, args.repeats, device)  # again, same minute
-            dit_rate = linear_rate(dtype, device, 2 * audio_len, model.hidden_dim, mlp_hidden)
-            achieved = step_flops * args.steps / compiled / 1e9
-            print(f"[compiled {name}] linear {dit_rate:.0f} GFLOP/s | {args.steps} Euler steps + CFG: {compiled:.2f} s "
-                  f"({achieved:.0f} GFLOP/s = {achieved / dit_rate:.0%} of the linear rate) vs eager {eager:.2f} s "
-                  f"measured after it: {eager / compiled:.2f}x; compilation {compile_seconds:.0f} s", flush=True)
+            # A shared machine's speed drifts within minutes: alternate compiled, eager and the linear
+            # rate, and compare medians.
+            rounds: dict[str, list[float]] = {"compiled": [], "eager": [], "linear": []}
+            for _ in range(args.rounds):
+                model.compile_inference(True, recompile=False)
+                rounds["compiled"].append(generation_seconds(model, args.steps, args.seconds, 1, device))
+                model.compile_inference(False)
+                rounds["eager"].append(generation_seconds(model, args.steps, args.seconds, 1, device))
+                rounds["linear"].append(linear_rate(dtype, device, 2 * audio_len, model.hidden_dim, mlp_hidden))
+            compiled, eager, dit_rate = (statistics.median(rounds[k]) for k in ("compiled", "eager", "linear"))
+            achieved, achieved_eager = (step_flops * args.steps / s / 1e9 for s in (compiled, eager))
+            print(f"[compiled {name}] medians of {args.rounds} alternating rounds: linear {dit_rate:.0f} GFLOP/s | "
+                  f"{args.steps} Euler steps + CFG: compiled {compiled:.2f} s ({achieved:.0f} GFLOP/s = "
+                  f"{achieved / dit_rate:.0%} of the linear rate), eager {eager:.2f} s ({achieved_eager / dit_rate:.0%}): "
+                  f"{eager / compiled:.2f}x; compilation {compile_seconds:.0f} s", flush=True)
         if student is not None:
             student = student.to(dtype)
             if args.compile:

@@ -773,7 +773,7 @@ class MMDiT(Configurable, nn.Module):
             audio_mask=audio_mask, drop_clip=drop_clip, drop_sync=drop_sync, drop_text=drop_text)
         return self.forward_cached(x, t, cache, step_size)
 
-    def compile_inference(self, enabled: bool = True) -> MMDiT:
+    def compile_inference(self, enabled: bool = True, recompile: bool = True) -> MMDiT:
         """Sample through ``torch.compile`` (inductor) with the weights frozen into the graph.
 
         Inductor's freezing packs the weights once for the CPU's matrix kernels (bf16 included)
@@ -782,10 +782,12 @@ class MMDiT(Configurable, nn.Module):
         input shape compiles (about a minute on 2 cores; a C++ compiler is needed on the CPU).
         It applies to :meth:`velocity_fn` and :meth:`guided_velocity_fn` outside training with
         gradients off; a change of any weight (an adapter merged, ``load_state_dict``, a cast) is
-        noticed and compiles again.
+        noticed and compiles again. ``recompile=False`` keeps an earlier compilation of
+        unchanged weights (switching between compiled and eager sampling).
         """
         self.compiled_inference = enabled
-        _COMPILED.pop(self, None)
+        if recompile:
+            _COMPILED.pop(self, None)
         return self
 
     def _inference_forward(self) -> Callable[..., Tensor]:

@@ -88,6 +88,8 @@ class DistillModule(FlowModule):
         ema_warmup: As for ``FlowModule``.
         sample_posterior: Unused by the objective (the data give conditions only); kept for
             the shared data path.
+        gradient_checkpointing: Recompute the student's blocks in the backward pass (its batch is
+            ``sum(student_steps)`` times the data batch: 7x at the defaults).
     """
 
     def __init__(
@@ -104,6 +106,7 @@ class DistillModule(FlowModule):
         ema_decay: float = 0.99,
         ema_warmup: bool = True,
         sample_posterior: bool = False,
+        gradient_checkpointing: bool = False,
     ) -> None:
         # Plain data in the hyper-parameters (checkpoints are read with weights_only=True).
         distillation = _settings(distillation)
@@ -119,6 +122,8 @@ class DistillModule(FlowModule):
         self.teacher_negative_prompt = self.init_generation.get("negative_prompt")
         teacher = self.network
         self.network = student_network(teacher, distillation.student_steps)
+        if gradient_checkpointing:
+            self.network.gradient_checkpointing = True
         self.teacher = teacher.eval().requires_grad_(False)
         self.ema_network = copy.deepcopy(self.network).requires_grad_(False) if ema_decay > 0 else None
         # The student samples without a guidance pass, in as many steps as it learnt at most.

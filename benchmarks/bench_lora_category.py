@@ -288,6 +288,8 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
     fits = _fit_subprocesses({
         "lora": [*common, f"--model.init_args.adapter.rank={ns.rank}", f"--model.init_args.adapter.alpha={ns.rank}",
                  f"--model.init_args.optimizer.init_args.lr={ns.lr}",
+                 *(["--model.init_args.lr_scheduler=torch.optim.lr_scheduler.CosineAnnealingLR",
+                     f"--model.init_args.lr_scheduler.init_args.T_max={ns.cosine_steps}"] if ns.cosine_steps else []),
                  *([f"--model.init_args.adapter.targets={ns.targets}"] if ns.targets else [])],
         "full": [*common, "--model.init_args.adapter=null", f"--model.init_args.optimizer.init_args.lr={ns.full_lr}"],
     }, ns.budget, out, log, ns.reuse_fits)
@@ -387,6 +389,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget", type=float, default=300.0, help="CPU seconds of training per fit")
     parser.add_argument("--rank", type=int, default=4)
     parser.add_argument("--lr", type=float, default=2e-3, help="LoRA learning rate")
+    parser.add_argument("--cosine_steps", type=int, default=0,
+                        help="LoRA lr: cosine decay to 0 over this many steps (about the steps the budget buys) "
+                             "instead of a constant lr after warm-up")
     parser.add_argument("--targets", default=None, help="LoRA target expression (default: configs/finetune/lora.yaml's)")
     parser.add_argument("--full_lr", type=float, default=1e-3, help="full fine-tuning learning rate (the base's own)")
     parser.add_argument("--batch_size", type=int, default=8)

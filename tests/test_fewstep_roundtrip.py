@@ -136,3 +136,20 @@ def test_a_student_is_not_distilled_again(student_dir, world, tmp_path) -> None:
         main(["fit", *CONFIGS, f"--model.init_args.init_from={student_dir}", *TINY,
               f"--data.init_args.train_shards={world['shards']}", "--data.init_args.load_video=true",
               f"--trainer.default_root_dir={tmp_path / 'again'}"])
+
+
+def test_generate_compile_flag_compiles_the_generator(student_dir, tmp_path, monkeypatch) -> None:
+    """`foley generate --compile true` turns on MMDiT.compile_inference (its numerics are
+    tests/models/test_mmdit_compile.py's; here the compilation itself is stubbed out)."""
+    from foley.io.media import write_video
+    from foley.models.mmdit import MMDiT
+    from foley.synth.world import render_clip
+
+    compiled = []
+    monkeypatch.setattr(MMDiT, "compile_inference", lambda self, enabled=True, recompile=True: compiled.append(self))
+    clip = render_clip(0, 5, 1.0, 25.0, 32)
+    write_video(tmp_path / "clip.mp4", clip.frames, fps=25.0)
+    main(["generate", str(tmp_path / "clip.mp4"), "--model", str(student_dir), "--out", str(tmp_path / "out"),
+          "--device", "cpu", "--compile", "true"])
+    assert len(compiled) == 1 and compiled[0].distilled_steps == [1, 2, 4]
+    assert (tmp_path / "out" / "clip.wav").is_file()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -149,13 +150,19 @@ class DistillModule(FlowModule):
         network = self.network if network is None else network
         cond_lib.check_feature_crop(batch)
         cond_lib.check_feature_provenance(batch, self.encoder_fingerprints)
-        # The latents are not regressed; they fix the length and which frames are real.
-        x1, mask = self.encode_latents(batch)
+        # No audio is regressed: only the length (generation's, from the padded audio) and the real frames
+        # matter, so raw shards never run the codec's encoder.
+        if "latent" in batch:
+            length = int(batch["latent"].shape[1])
+        else:
+            length = math.ceil(int(batch["audio_mask"].shape[1]) / self.samples_per_latent)
+        mask = self.latent_mask(batch, length).to(self.device)
         conditions = self.encode_conditions(batch)
-        batch_size, length = x1.shape[0], x1.shape[1]
-        noise = torch.randn(x1.shape, device=x1.device, dtype=torch.float32, generator=generator)
-        common = {"seconds_start": batch["seconds_start"].to(x1.device).float(),
-                  "seconds_total": batch["seconds_total"].to(x1.device).float(), "audio_mask": mask}
+        batch_size = mask.shape[0]
+        noise = torch.randn(batch_size, length, self.latent_channels, device=self.device, dtype=torch.float32,
+                            generator=generator)
+        common = {"seconds_start": batch["seconds_start"].to(self.device).float(),
+                  "seconds_total": batch["seconds_total"].to(self.device).float(), "audio_mask": mask}
         cond = {**common, **conditions, **self.drop_flags(conditions)}
         with torch.no_grad():
             teacher_cond = self.teacher.prepare_conditions(length, **cond)

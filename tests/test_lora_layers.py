@@ -210,3 +210,40 @@ def test_default_targets_reach_mmaudio_sync_path() -> None:
     names = LoraSettings(targets=GENERATOR_TARGETS).target_names(MMDiT(**config))
     assert [n for n in names if n.startswith("sync")] == ["sync_in.proj", "sync_in.mlp.w1", "sync_in.mlp.w2", "sync_in.mlp.w3"]
     assert not any(n.startswith(("audio_in", "clip_in", "text_in", "final_out", "global_mlp")) for n in names)
+
+
+def test_adapter_folder_of_many_layers_reloads_onto_the_same_layers(tmp_path) -> None:
+    """peft writes a config of 20 or more target names as the shortest suffixes that pick them out
+    ("qkv", "mlp.fc1", "1", ...); reading the folder back must adapt exactly the same layers.
+    (Before the fix, a generator of realistic depth could not load its own adapter.)"""
+    import json
+
+    from foley.adapters.folder import read_adapter, save_adapter
+    from foley.adapters.lora import load_lora_state, lora_state_dict
+    from foley.models.mmdit import MMDiT
+
+    def network() -> MMDiT:
+        torch.manual_seed(0)
+        return MMDiT(latent_dim=4, hidden_dim=32, num_heads=2, joint_depth=2, audio_depth=3, clip_dim=8, sync_dim=8,
+                     text_dim=8, max_text_tokens=4)
+
+    trained = network()
+    settings = LoraSettings(rank=2, alpha=2.0, targets=GENERATOR_TARGETS)
+    names = settings.target_names(trained)
+    assert len(names) >= 20
+    add_lora(trained, settings)
+    with torch.no_grad():
+        for name, p in trained.named_parameters():
+            if ".lora_B." in name:
+                p.normal_(0, 0.1)
+    folder = save_adapter(tmp_path / "adapter", {"generator": trained}, {"generator": "x"})
+    stored = json.loads((folder / "generator" / "adapter_config.json").read_text())["target_modules"]
+    assert "qkv" in stored  # peft's suffix form, not the full names given to it
+    _, parts = read_adapter(folder)
+    reread, state = parts["generator"]
+    fresh = network()
+    assert sorted(reread.target_names(fresh)) == sorted(names)
+    add_lora(fresh, reread)
+    load_lora_state(fresh, state)
+    expected = lora_state_dict(trained)
+    assert all(torch.equal(lora_state_dict(fresh)[k], v) for k, v in expected.items())

@@ -156,16 +156,22 @@ def read_adapter(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str
         targets = config.get("target_modules")
         settings = LoraSettings(rank=int(config["r"]), alpha=float(config["lora_alpha"]),
                                 dropout=float(config.get("lora_dropout") or 0.0),
-                                targets="|".join(map(_escape, targets)) if isinstance(targets, list) else str(targets),
+                                targets=_suffix_pattern(targets) if isinstance(targets, list) else str(targets),
                                 rslora=bool(config.get("use_rslora", False)))
         parts[name] = (settings, load_file(str(weights_file)))
     return index, parts
 
 
-def _escape(name: str) -> str:
+def _suffix_pattern(names: list[str]) -> str:
+    """A list of ``target_modules`` as the expression foley matches whole module names with.
+
+    peft matches a list entry against a module name that equals it or ends with ``"." + entry``;
+    and when it saves a config of 20 or more full names, it writes instead the shortest name
+    suffixes that pick out the same modules ("qkv", "mlp.fc1", "1", ...). Both read the same way here.
+    """
     import re
 
-    return re.escape(name)
+    return r"(?:.*\.)?(?:" + "|".join(map(re.escape, names)) + ")"
 
 
 def load_adapter(pipeline: Any, path: str | os.PathLike[str], name: str | None = None, activate: bool = True) -> str:

@@ -68,12 +68,12 @@ def export(
     from foley.adapters.folder import load_adapter, merge_adapters
     from foley.pipeline import FoleyPipeline
 
-    if flow_ckpt is not None and _checkpoint_kind(flow_ckpt) == "distilled":
-        return _export_distilled_checkpoint(Path(out), flow_ckpt, stereo_ckpt, overwrite, store_encoders,
-                                            dict(sampler=sampler, steps=steps, cfg=cfg, negative_prompt=negative_prompt))
-    if flow_ckpt is not None and _checkpoint_kind(flow_ckpt) == "adapter":
-        return _export_lora_checkpoint(Path(out), flow_ckpt, stereo_ckpt, merge, overwrite, store_encoders,
-                                       dict(sampler=sampler, steps=steps, cfg=cfg, negative_prompt=negative_prompt))
+    kind = _checkpoint_kind(flow_ckpt) if flow_ckpt is not None else None
+    generation = dict(sampler=sampler, steps=steps, cfg=cfg, negative_prompt=negative_prompt)
+    if kind == "distilled":
+        return _export_distilled_checkpoint(Path(out), flow_ckpt, stereo_ckpt, overwrite, store_encoders, generation)
+    if kind == "adapter":
+        return _export_lora_checkpoint(Path(out), flow_ckpt, stereo_ckpt, merge, overwrite, store_encoders, generation)
     if model is not None:
         if flow_ckpt or stereo_ckpt or codec_ckpt or bundle:
             raise ValueError("give either --model (with --adapter --merge) or checkpoints/--bundle, not both")

@@ -777,9 +777,10 @@ class MMDiT(Configurable, nn.Module):
         """Sample through ``torch.compile`` (inductor) with the weights frozen into the graph.
 
         Inductor's freezing packs the weights once for the CPU's matrix kernels (bf16 included)
-        and fuses the norm, modulation, RoPE and activation work around them; on 2 CPU cores a
-        guided step of the small size runs ~1.25x faster (docs/benchmarks.md). The first call per
-        input shape compiles (about a minute on 2 cores; a C++ compiler is needed on the CPU).
+        and fuses the norm, modulation, RoPE and activation work around them; on 2 CPU cores the
+        small size's guided sampling ran 1.04x (bf16) to 1.11x (fp32) faster than eager
+        (docs/benchmarks.md). The first call per input shape compiles (11-46 s measured on 2
+        cores; a C++ compiler is needed on the CPU).
         It applies to :meth:`velocity_fn` and :meth:`guided_velocity_fn` outside training with
         gradients off; a change of any weight (an adapter merged, ``load_state_dict``, a cast) is
         noticed and compiles again. ``recompile=False`` keeps an earlier compilation of

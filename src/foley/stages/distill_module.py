@@ -66,8 +66,8 @@ def _settings(distillation: TrajectoryDistillation | Mapping[str, Any] | None) -
         return TrajectoryDistillation().init_config()["init_args"]
     if isinstance(distillation, TrajectoryDistillation):
         return distillation.init_config()["init_args"]
-    if isinstance(distillation, Mapping):
-        return dict(distillation.get("init_args", distillation)) if "class_path" in distillation else dict(distillation)
+    if isinstance(distillation, Mapping):  # a class_path/init_args config, or the arguments themselves
+        return dict(distillation["init_args"] if "class_path" in distillation else distillation)
     raise TypeError(f"distillation must be a TrajectoryDistillation or its arguments, got {type(distillation).__name__}")
 
 

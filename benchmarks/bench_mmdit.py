@@ -7,6 +7,7 @@ time. Run:
     .venv/bin/python benchmarks/bench_mmdit.py            # small size, fp32 and bf16, CPU
     .venv/bin/python benchmarks/bench_mmdit.py --threads 1 --dtypes bfloat16 --train-batch 0
     .venv/bin/python benchmarks/bench_mmdit.py --threads 2 --fewstep 4 --train-batch 0  # + a 4-step student
+    .venv/bin/python benchmarks/bench_mmdit.py --threads 2 --dtypes bfloat16 --train-batch 0 --matmul-attention
     python benchmarks/bench_mmdit.py --device cuda        # GPU; also checks for host syncs
 
 Training on a GPU runs float32 weights under bf16 autocast; on the CPU it runs plain
@@ -27,6 +28,19 @@ from foley.flow import FlowMatching
 from foley.models.mmdit import MMDiT
 
 SMALL = dict(hidden_dim=448, num_heads=7, joint_depth=4, audio_depth=8)
+
+
+def use_matmul_attention() -> None:
+    """Swap the MM-DiT's attention for :func:`bench_attention.matmul_attention` (a measurement, not a feature)."""
+    import foley.models.mmdit as mmdit_module
+    from bench_attention import matmul_attention
+
+    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        out = matmul_attention(q, k, v, key_mask)
+        b, h, n, d = out.shape
+        return out.transpose(1, 2).reshape(b, n, h * d)
+
+    mmdit_module.joint_attention = attention
 
 
 def synchronize(device: torch.device) -> None:
@@ -179,9 +193,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating compiled/eager rounds with --compile")
     parser.add_argument("--fewstep", type=int, default=0,
                         help="also time a few-step student (distilled_steps) for this many steps without CFG")
+    parser.add_argument("--matmul-attention", action="store_true",
+                        help="what-if: run attention as two matmuls with scores in the weights' dtype instead of "
+                             "SDPA (faster in bf16 on CPU, about twice the attention error; bench_attention.py)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.matmul_attention:
+        use_matmul_attention()
     device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {where}")

@@ -153,3 +153,41 @@ def test_generate_compile_flag_compiles_the_generator(student_dir, tmp_path, mon
           "--device", "cpu", "--compile", "true"])
     assert len(compiled) == 1 and compiled[0].distilled_steps == [1, 2, 4]
     assert (tmp_path / "out" / "clip.wav").is_file()
+
+
+def test_gradient_checkpointing_recomputes_the_students_blocks_to_the_same_gradients(fitted, monkeypatch) -> None:
+    """``gradient_checkpointing: true`` (the GPU recipe's memory saver) changes memory, not the maths."""
+    import foley.models.mmdit as mmdit_module
+    from foley.data_modules import FoleyDataModule
+    from foley.stages.distill_module import DistillModule
+
+    path, checkpoint = fitted
+    stream = {k: v for k, v in checkpoint["datamodule_hyper_parameters"].items()
+              if k in ("sample_rate", "clip_fps", "clip_size", "clip_crop", "sync_fps", "sync_size", "clip_seconds")}
+    data = FoleyDataModule(val_shards=checkpoint["datamodule_hyper_parameters"]["train_shards"], batch_size=2,
+                           num_workers=0, **stream)
+    batch = next(iter(data.val_dataloader()))
+    recomputed = []
+
+    def counting_checkpoint(block, *args, **kwargs):
+        recomputed.append(block)
+        return torch.utils.checkpoint.checkpoint(block, *args, **kwargs)
+
+    monkeypatch.setattr(mmdit_module, "checkpoint", counting_checkpoint)
+    losses, grads = [], []
+    for flag in (False, True):
+        module = DistillModule.load_from_checkpoint(path, map_location="cpu", weights_only=True,
+                                                    gradient_checkpointing=flag).train()
+        loss = module.loss(batch, generator=torch.Generator().manual_seed(0))
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({n: p.grad.clone() for n, p in module.network.named_parameters() if p.grad is not None})
+    blocks = len(module.network.joint_blocks) + len(module.network.audio_blocks)
+    assert len(recomputed) == blocks  # only the checkpointed run went through it, once per block
+    torch.testing.assert_close(losses[1], losses[0])
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name, grad in grads[0].items():
+        # The same float32 ops run again in backward; only the summation order of the recomputation
+        # may differ.
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-4, atol=1e-6 * float(grad.abs().max()) + 1e-12,
+                                   msg=name)

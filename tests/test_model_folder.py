@@ -256,7 +256,9 @@ def test_hub_id_offline_with_an_empty_cache(tmp_path: Path, monkeypatch: pytest.
     began = time.perf_counter()
     with pytest.raises(HubUnavailableError) as error:
         FoleyPipeline.from_pretrained("someone/foley-tiny")
-    assert time.perf_counter() - began < 5.0
+    # No download attempt and no retries: those take tens of seconds. The bound leaves room for a
+    # loaded machine (the call itself takes well under a second).
+    assert time.perf_counter() - began < 20.0
     message = str(error.value)
     for needed in ("pipeline.json", "codec.safetensors", "generator.safetensors", "stereo.safetensors",
                    "HF_HUB_OFFLINE=1", "hf download someone/foley-tiny --local-dir MODEL_DIR", str(tmp_path / "hub")):

@@ -94,5 +94,6 @@ def main() -> None:
             print(f"{name:7s} {tokens:5d} tokens {dtype_name:9s} {flops / seconds / 1e9:6.0f} GFLOP/s  "
                   f"{seconds * 1e3:6.2f} ms  max error {error:.2e} (relative to the largest output)")
 
+
 if __name__ == "__main__":
     main()

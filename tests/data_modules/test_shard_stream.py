@@ -189,9 +189,9 @@ def test_skip_cap_stops_with_the_first_bad_keys(tmp_path, num_workers):
     assert "cannot decode flac" in message and str(tmp_path) in message
     assert "--data.init_args.max_skip_fraction" in message
     # Under the cap, during the warm-up or without a cap the bad samples are only skipped. The counter is
-    # shared by the workers, whose reads interleave in any order: after 4 reads it can already hold 3 bad
-    # samples (k04, k05, k06 and k00), so the under-the-cap case checks from the 6th read on, where the
-    # fraction is at most 3 of 6 = 50 % in every interleaving (one process peaks at 3 of 7).
+    # shared by the workers, whose reads interleave in any order: after 5 reads it can already hold 3 bad
+    # samples (k00, k01 and k04, k05, k06: 60 %), so the under-the-cap case checks from the 6th read on,
+    # where the fraction is at most 3 of 6 = 50 % in every interleaving (one process peaks at 3 of 7).
     for cap, warmup in ((0.5, 6), (0.1, 100), (None, 0)):
         dm = FoleyDataModule(**settings, max_skip_fraction=cap, skip_warmup=warmup)
         assert len([k for b in dm.val_dataloader() for k in b["key"]]) == 9 and dm.skipped == 3
